@@ -1,0 +1,3 @@
+from .naive import ttt_linear_decode_dual_ref, ttt_linear_decode_primal_ref, ttt_linear_minibatch_dual_ref
+
+__all__ = ["ttt_linear_decode_dual_ref", "ttt_linear_decode_primal_ref", "ttt_linear_minibatch_dual_ref"]

@@ -1,0 +1,3 @@
+from .naive import ttt_mlp_decode_dual_ref, ttt_mlp_decode_primal_ref, ttt_mlp_minibatch_dual_ref
+
+__all__ = ["ttt_mlp_decode_dual_ref", "ttt_mlp_decode_primal_ref", "ttt_mlp_minibatch_dual_ref"]

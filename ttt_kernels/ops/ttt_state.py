@@ -1,0 +1,175 @@
+"""Decode state of a TTT layer and the argument checks shared by every backend.
+
+Dual state (what the fused kernels use), per (sequence, head):
+  * ``weights``: the inner net's weights at the start of the current mini-batch
+    (``mlp_1``: ``W [f, f], b [f]``; ``mlp_2``: ``W1 [f, 4f], b1 [4f], W2 [4f, f], b2 [f]``),
+    in the *state dtype*;
+  * the mini-batch cache: the raw inputs ``k_j, v_j`` (activation dtype) and ``lr_j``
+    (fp32; float64 for a float64 reference state) of the tokens ``j < t`` already seen in this mini-batch. Gradients are
+    recomputed from them at ``W0`` each step: that moves fewer bytes than caching
+    the gradients (for ``mlp_2`` those rows would be 640 values instead of 129).
+
+Primal state (the original algorithm, kept as a baseline): ``weights`` at the
+mini-batch start plus ``grads`` = sum of ``lr_j k_j^T g_j`` so far, same shapes and dtype.
+
+Positions live outside the state, in a ``[B]`` integer tensor on the device: the
+token at position ``p`` is token ``t = p mod K`` of its mini-batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+INNER_NETS = ("mlp_1", "mlp_2")
+STATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def inner_net_shapes(inner_net: str, head_dim: int) -> list[tuple[int, ...]]:
+    """Per-head shapes of the inner net's weights, in state order."""
+    f = head_dim
+    if inner_net == "mlp_1":
+        return [(f, f), (f,)]
+    if inner_net == "mlp_2":
+        return [(f, 4 * f), (4 * f,), (4 * f, f), (f,)]
+    raise ValueError(f"inner_net must be one of {INNER_NETS}, got {inner_net!r}")
+
+
+def lr_cache_dtype(state_dtype: torch.dtype) -> torch.dtype:
+    """The cached learning rates are fp32 (float64 for a float64 reference state)."""
+    return torch.float64 if state_dtype == torch.float64 else torch.float32
+
+
+def _expand_params(params, batch: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    # one private copy per sequence: the state is updated in place
+    return [p.detach().to(dtype).unsqueeze(0).repeat(batch, *([1] * p.dim())).contiguous() for p in params]
+
+
+@dataclass
+class TTTDualState:
+    weights: list[torch.Tensor]  # [B, H, ...] each, state dtype
+    k_cache: torch.Tensor  # [B, H, K, f], activation dtype
+    v_cache: torch.Tensor  # [B, H, K, f], activation dtype
+    lr_cache: torch.Tensor  # [B, H, K], fp32
+
+    @classmethod
+    def from_params(cls, params, batch: int, mini_batch: int, state_dtype: torch.dtype,
+                    act_dtype: torch.dtype) -> "TTTDualState":
+        """State for ``batch`` fresh sequences from per-head params (``[H, ...]`` each)."""
+        weights = _expand_params(params, batch, state_dtype)
+        H, f = params[-1].shape
+        dev = params[0].device
+        return cls(weights,
+                   torch.zeros(batch, H, mini_batch, f, dtype=act_dtype, device=dev),
+                   torch.zeros(batch, H, mini_batch, f, dtype=act_dtype, device=dev),
+                   torch.zeros(batch, H, mini_batch, dtype=lr_cache_dtype(state_dtype), device=dev))
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [*self.weights, self.k_cache, self.v_cache, self.lr_cache]
+
+    def clone(self) -> "TTTDualState":
+        return TTTDualState([w.clone() for w in self.weights], self.k_cache.clone(),
+                            self.v_cache.clone(), self.lr_cache.clone())
+
+    def copy_(self, other: "TTTDualState") -> None:
+        for dst, src in zip(self.tensors(), other.tensors()):
+            dst.copy_(src)
+
+
+@dataclass
+class TTTPrimalState:
+    weights: list[torch.Tensor]  # [B, H, ...] each, state dtype
+    grads: list[torch.Tensor]  # same shapes and dtype as weights
+
+    @classmethod
+    def from_params(cls, params, batch: int, state_dtype: torch.dtype) -> "TTTPrimalState":
+        weights = _expand_params(params, batch, state_dtype)
+        return cls(weights, [torch.zeros_like(w) for w in weights])
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [*self.weights, *self.grads]
+
+    def clone(self) -> "TTTPrimalState":
+        return TTTPrimalState([w.clone() for w in self.weights], [g.clone() for g in self.grads])
+
+    def copy_(self, other: "TTTPrimalState") -> None:
+        for dst, src in zip(self.tensors(), other.tensors()):
+            dst.copy_(src)
+
+
+def _check_tensor(name: str, t, shape, dtypes, device, contiguous: bool = True) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    if t.dtype not in dtypes:
+        raise TypeError(f"{name} must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
+    if t.device != device:
+        raise ValueError(f"{name} must be on {device}, got {t.device}")
+    if contiguous and not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_decode_args(inner_net: str, q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state,
+                      check_positions: bool, float64_ok: bool = False):
+    """Validate a decode step's arguments before anything is written; returns (B, H, f, K).
+
+    ``check_positions`` reads ``pos`` back to the host (a synchronisation), so callers
+    that own the positions (the modules, CUDA-graph replays) check them once and pass False.
+    """
+    if not isinstance(q, torch.Tensor) or q.dim() != 3:
+        raise ValueError(f"q must be a [B, H, f] tensor, got {getattr(q, 'shape', type(q).__name__)}")
+    B, H, f = q.shape
+    act_dtypes = FLOAT_DTYPES if float64_ok else FLOAT_DTYPES[:3]
+    dev = q.device
+    _check_tensor("q", q, (B, H, f), act_dtypes, dev)
+    _check_tensor("k", k, (B, H, f), (q.dtype,), dev)
+    _check_tensor("v", v, (B, H, f), (q.dtype,), dev)
+    _check_tensor("lr", lr, (B, H), FLOAT_DTYPES, dev)
+    _check_tensor("pos", pos, (B,), (torch.int32, torch.int64), dev)
+    _check_tensor("ln_weight", ln_weight, (H, f), FLOAT_DTYPES, dev)
+    _check_tensor("ln_bias", ln_bias, (H, f), FLOAT_DTYPES, dev)
+    if not isinstance(token_idx_bias, torch.Tensor) or token_idx_bias.dim() != 1:
+        raise ValueError("token_idx_bias must be a 1-D tensor of length K (the mini-batch size)")
+    K = token_idx_bias.shape[0]
+    if K < 1 or K & (K - 1):
+        raise ValueError(f"token_idx_bias: the mini-batch size K must be a power of two, got {K}")
+    _check_tensor("token_idx_bias", token_idx_bias, (K,), FLOAT_DTYPES, dev)
+
+    shapes = inner_net_shapes(inner_net, f)
+    state_dtypes = STATE_DTYPES + ((torch.float64,) if float64_ok else ())
+    if isinstance(state, TTTDualState):
+        names = [f"state.weights[{i}]" for i in range(len(state.weights))]
+        extra = [("state.k_cache", state.k_cache, (B, H, K, f), (q.dtype,)),
+                 ("state.v_cache", state.v_cache, (B, H, K, f), (q.dtype,)),
+                 ("state.lr_cache", state.lr_cache, (B, H, K), (torch.float32, torch.float64))]
+        tensors = state.weights
+    elif isinstance(state, TTTPrimalState):
+        names = [f"state.weights[{i}]" for i in range(len(state.weights))]
+        names += [f"state.grads[{i}]" for i in range(len(state.grads))]
+        tensors = state.weights + state.grads
+        shapes = shapes + shapes
+        extra = []
+    else:
+        raise TypeError(f"state must be a TTTDualState or TTTPrimalState, got {type(state).__name__}")
+    if len(tensors) != len(shapes):
+        raise ValueError(f"state holds {len(tensors)} weight tensors, {inner_net} needs {len(shapes)}")
+    sdtype = tensors[0].dtype
+    if sdtype not in state_dtypes:
+        raise TypeError(f"state dtype must be one of {[str(d) for d in state_dtypes]}, got {sdtype}")
+    for name, t, shp in zip(names, tensors, shapes):
+        _check_tensor(name, t, (B, H, *shp), (sdtype,), dev)
+    for name, t, shp, dts in extra:
+        _check_tensor(name, t, shp, dts, dev)
+
+    if check_positions and not torch.cuda.is_current_stream_capturing():
+        lo, hi = pos.aminmax()
+        if lo.item() < 0:
+            raise ValueError(f"pos must be >= 0, got min {lo.item()}")
+        if hi.item() >= 2**31 - 1:
+            raise ValueError(f"pos must be < 2**31 - 1, got max {hi.item()}")
+    return B, H, f, K
