@@ -1,0 +1,54 @@
+"""Triton device functions shared by the TTT kernels.
+
+Rows are the first axis, features the second; ``cols`` masks the real features
+when the head dim is padded up to a power of two (f = 96 runs in a 128 block).
+Everything here works on fp32 values.
+"""
+
+import triton
+import triton.language as tl
+
+LN_EPS = 1e-6
+
+
+@triton.jit
+def tanh(x):
+    # tl has no tanh on every Triton version we support; this form is exact in fp32
+    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def gelu_tanh(x):
+    return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+
+
+@triton.jit
+def gelu_tanh_grad(x):
+    th = tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))
+    return 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * 0.7978845608028654 * (1.0 + 0.134145 * x * x)
+
+
+@triton.jit
+def _normalize(z, cols, F: tl.constexpr):
+    """(z - mean) / std over axis 1 and 1/std, with padded columns kept at zero."""
+    mu = tl.sum(tl.where(cols[None, :], z, 0.0), axis=1) / F
+    zc = tl.where(cols[None, :], z - mu[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(zc * zc, axis=1) / F + 1e-6)
+    return zc * rstd[:, None], rstd
+
+
+@triton.jit
+def layer_norm_rows(z, gamma, beta, cols, F: tl.constexpr):
+    x_hat, _ = _normalize(z, cols, F)
+    return gamma[None, :] * x_hat + beta[None, :]
+
+
+@triton.jit
+def ln_l2_grad_rows(z, target, gamma, beta, cols, F: tl.constexpr):
+    """d/dz of 0.5 * ||LN(z) - target||^2 per row (zero in padded columns: gamma is 0 there)."""
+    x_hat, rstd = _normalize(z, cols, F)
+    g_hat = (gamma[None, :] * x_hat + beta[None, :] - target) * gamma[None, :]
+    s1 = tl.sum(g_hat, axis=1)
+    s2 = tl.sum(g_hat * x_hat, axis=1)
+    grad = (F * g_hat - s1[:, None] - x_hat * s2[:, None]) * (rstd[:, None] / F)
+    return tl.where(cols[None, :], grad, 0.0)
