@@ -45,20 +45,22 @@ def compute_dtype(state_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if state_dtype == torch.float64 else torch.float32
 
 
+def _row_is(t: torch.Tensor, K: int) -> torch.Tensor:
+    """[B, 1, K, 1] mask of cache row ``t`` per sequence (static shapes: graph- and compile-safe)."""
+    return (torch.arange(K, device=t.device)[None, :] == t[:, None])[:, None, :, None]
+
+
 def minibatch_rows(state, k: torch.Tensor, v: torch.Tensor, lr: torch.Tensor, t: torch.Tensor, cdt: torch.dtype):
     """The dual state's cached rows with the current token put at row ``t``, in ``cdt``.
 
     Returns ``K_rows, V_rows [B, H, K, f]``, ``lr_rows [B, H, K]`` with the rows
     ``j > t`` (not part of this mini-batch yet) given zero learning rate.
     """
-    B, _, K, _ = state.k_cache.shape
-    ar = torch.arange(B, device=k.device)
-    k_rows = state.k_cache.to(cdt, copy=True)
-    v_rows = state.v_cache.to(cdt, copy=True)
-    lr_rows = state.lr_cache.to(cdt, copy=True)
-    k_rows[ar, :, t] = k.to(cdt)
-    v_rows[ar, :, t] = v.to(cdt)
-    lr_rows[ar, :, t] = lr.to(cdt)
+    K = state.k_cache.shape[2]
+    at_t = _row_is(t, K)
+    k_rows = torch.where(at_t, k[:, :, None, :].to(cdt), state.k_cache.to(cdt))
+    v_rows = torch.where(at_t, v[:, :, None, :].to(cdt), state.v_cache.to(cdt))
+    lr_rows = torch.where(at_t[..., 0], lr[:, :, None].to(cdt), state.lr_cache.to(cdt))
     in_minibatch = torch.arange(K, device=k.device)[None, :] <= t[:, None]  # [B, K]
     return k_rows, v_rows, lr_rows * in_minibatch[:, None, :]
 
@@ -69,13 +71,11 @@ def finish_dual_step(state, new_weights, k, v, lr, t: torch.Tensor) -> None:
     B, _, K, _ = state.k_cache.shape
     last = t == K - 1
     for w, nw in zip(state.weights, new_weights):
-        sel = last.view(B, *([1] * (w.dim() - 1)))
-        w.copy_(torch.where(sel, nw.to(w.dtype), w))
-    ar = torch.arange(B, device=k.device)[~last]
-    rows = t[~last]
-    state.k_cache[ar, :, rows] = k[ar].to(state.k_cache.dtype)
-    state.v_cache[ar, :, rows] = v[ar].to(state.v_cache.dtype)
-    state.lr_cache[ar, :, rows] = lr[ar].to(state.lr_cache.dtype)
+        w.copy_(torch.where(last.view(B, *([1] * (w.dim() - 1))), nw.to(w.dtype), w))
+    write = _row_is(t, K) & ~last.view(B, 1, 1, 1)
+    state.k_cache.copy_(torch.where(write, k[:, :, None, :].to(state.k_cache.dtype), state.k_cache))
+    state.v_cache.copy_(torch.where(write, v[:, :, None, :].to(state.v_cache.dtype), state.v_cache))
+    state.lr_cache.copy_(torch.where(write[..., 0], lr[:, :, None].to(state.lr_cache.dtype), state.lr_cache))
 
 
 def primal_grads_so_far(state, t: torch.Tensor, cdt: torch.dtype) -> list[torch.Tensor]:
