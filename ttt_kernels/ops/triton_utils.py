@@ -5,10 +5,27 @@ when the head dim is padded up to a power of two (f = 96 runs in a 128 block).
 Everything here works on fp32 values.
 """
 
+import os
+
+import torch
 import triton
 import triton.language as tl
 
-LN_EPS = 1e-6
+
+_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+def dot_config(state_dtype: torch.dtype):
+    """Operand dtype and precision of the kernels' matrix products (``DOT_DTYPE, DOT_PREC``).
+
+    fp16/bf16 states multiply on the tensor cores in their own dtype; fp32 states get
+    exact fp32 products (tf32 would cost ~1e-3 relative error). Triton's CPU
+    interpreter multiplies bf16 operands wrongly (seen with 3.9), so there bf16 is
+    upcast to fp32; the GPU tests cover the bf16 tensor-core path.
+    """
+    if state_dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
+        state_dtype = torch.float32
+    return _TL_DTYPES[state_dtype], ("ieee" if state_dtype == torch.float32 else "tf32")
 
 
 @triton.jit

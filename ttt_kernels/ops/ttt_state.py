@@ -166,10 +166,19 @@ def check_decode_args(inner_net: str, q, k, v, lr, pos, ln_weight, ln_bias, toke
     for name, t, shp, dts in extra:
         _check_tensor(name, t, shp, dts, dev)
 
-    if check_positions and not torch.cuda.is_current_stream_capturing():
+    capturing = pos.is_cuda and torch.cuda.is_current_stream_capturing()
+    if check_positions and not capturing:
         lo, hi = pos.aminmax()
         if lo.item() < 0:
             raise ValueError(f"pos must be >= 0, got min {lo.item()}")
         if hi.item() >= 2**31 - 1:
             raise ValueError(f"pos must be < 2**31 - 1, got max {hi.item()}")
     return B, H, f, K
+
+
+def check_out(out, q: torch.Tensor) -> torch.Tensor:
+    """The output buffer: ``out`` if it matches ``q`` (shape, dtype, device, contiguous), else a new one."""
+    if out is None:
+        return torch.empty_like(q)
+    _check_tensor("out", out, q.shape, (q.dtype,), q.device)
+    return out

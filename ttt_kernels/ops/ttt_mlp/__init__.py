@@ -1,3 +1,4 @@
+from .decode_dual import ttt_mlp_decode_dual
 from .naive import ttt_mlp_decode_dual_ref, ttt_mlp_decode_primal_ref, ttt_mlp_minibatch_dual_ref
 
-__all__ = ["ttt_mlp_decode_dual_ref", "ttt_mlp_decode_primal_ref", "ttt_mlp_minibatch_dual_ref"]
+__all__ = ["ttt_mlp_decode_dual", "ttt_mlp_decode_dual_ref", "ttt_mlp_decode_primal_ref", "ttt_mlp_minibatch_dual_ref"]

@@ -1,0 +1,95 @@
+"""Fused TTT-Linear decode step in the dual form (one launch per layer per token).
+
+One program per (sequence, head). It reads ``W0, b0`` once, rebuilds the
+mini-batch so far (cached ``k_j, v_j, lr_j`` for ``j < t`` plus the current token at
+row ``t``), recomputes the rows' gradients at ``W0`` with one tensor-core product,
+and forms ``z_bar = q W0 + b0 - eta_t * sum_j lr_j (q.k_j + 1) g_j`` without ever
+materialising ``W_grad``. At the mini-batch's last token it applies the rank-K
+update to ``W0, b0``; otherwise it appends the token to the cache.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from ..triton_utils import dot_config, layer_norm_rows, ln_l2_grad_rows
+from ..ttt_state import TTTDualState, check_decode_args, check_out
+
+
+@triton.jit
+def ttt_linear_decode_dual_kernel(
+    q_ptr, k_ptr, v_ptr, lr_ptr, pos_ptr, ln_w_ptr, ln_b_ptr, tib_ptr, out_ptr,
+    W_ptr, b_ptr, kc_ptr, vc_ptr, lrc_ptr,
+    H: tl.constexpr, F: tl.constexpr, BF: tl.constexpr, K: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    bh = tl.program_id(0).to(tl.int64)
+    h = bh % H
+    rows = tl.arange(0, K)
+    cols = tl.arange(0, BF)
+    cm = cols < F
+    t = (tl.load(pos_ptr + bh // H) % K).to(tl.int32)
+    eta = tl.maximum(1.0 / (t + 1).to(tl.float32) + tl.load(tib_ptr + t).to(tl.float32), 0.0)
+
+    q = tl.load(q_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
+    k = tl.load(k_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
+    v = tl.load(v_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
+    lr = tl.load(lr_ptr + bh).to(tl.float32)
+    gamma = tl.load(ln_w_ptr + h * F + cols, mask=cm, other=0.0).to(tl.float32)
+    beta = tl.load(ln_b_ptr + h * F + cols, mask=cm, other=0.0).to(tl.float32)
+
+    # the mini-batch so far: cached rows j < t, the current token at row t
+    row_off = bh * K * F + rows[:, None] * F + cols[None, :]
+    cached = (rows[:, None] < t) & cm[None, :]
+    at_t = rows[:, None] == t
+    kr = tl.where(at_t, k[None, :], tl.load(kc_ptr + row_off, mask=cached, other=0.0).to(tl.float32))
+    vr = tl.where(at_t, v[None, :], tl.load(vc_ptr + row_off, mask=cached, other=0.0).to(tl.float32))
+    lrr = tl.load(lrc_ptr + bh * K + rows, mask=rows < t, other=0.0)
+    lrr = tl.where(rows == t, lr, lrr)  # rows j > t stay 0: they contribute nothing
+
+    w_off = bh * F * F + cols[:, None] * F + cols[None, :]
+    w_mask = cm[:, None] & cm[None, :]
+    W = tl.load(W_ptr + w_off, mask=w_mask, other=0.0)
+    b = tl.load(b_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
+
+    # gradients of every row at W0 (rows > t come out zero through lr)
+    Z = tl.dot(kr.to(DOT_DTYPE), W.to(DOT_DTYPE), input_precision=DOT_PREC) + b[None, :]
+    G = ln_l2_grad_rows(Z, vr - kr, gamma, beta, cm, F) * lrr[:, None]
+
+    Wf = W.to(tl.float32)
+    attn = tl.sum(kr * q[None, :], axis=1) + 1.0  # q.k_j + 1
+    z_bar = tl.sum(q[:, None] * Wf, axis=0) + b - eta * tl.sum(attn[:, None] * G, axis=0)
+    out = q[None, :] + layer_norm_rows(z_bar[None, :], gamma, beta, cm, F)
+    tl.store(out_ptr + bh * F + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=cm[None, :])
+
+    if t == K - 1:
+        dW = tl.dot(tl.trans(kr), G, input_precision="ieee")
+        tl.store(W_ptr + w_off, (Wf - eta * dW).to(W_ptr.dtype.element_ty), mask=w_mask)
+        tl.store(b_ptr + bh * F + cols, (b - eta * tl.sum(G, axis=0)).to(b_ptr.dtype.element_ty), mask=cm)
+    else:
+        tl.store(kc_ptr + bh * K * F + t * F + cols, k.to(kc_ptr.dtype.element_ty), mask=cm)
+        tl.store(vc_ptr + bh * K * F + t * F + cols, v.to(vc_ptr.dtype.element_ty), mask=cm)
+        tl.store(lrc_ptr + bh * K + t, lr)
+
+
+def ttt_linear_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state: TTTDualState,
+                           *, out=None, check_positions=True) -> torch.Tensor:
+    """One TTT-Linear decode step, fused; updates ``state`` in place and returns ``q + LN(z_bar)``.
+
+    ``q, k, v [B, H, f]``, ``lr [B, H]``, ``pos [B]`` (absolute positions; not advanced
+    here), ``ln_weight, ln_bias [H, f]``, ``token_idx_bias [K]``.
+    """
+    if not isinstance(state, TTTDualState):
+        raise TypeError(f"state must be a TTTDualState, got {type(state).__name__}")
+    B, H, f, K = check_decode_args("mlp_1", q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state,
+                                   check_positions)
+    out = check_out(out, q)
+    W, b = state.weights
+    BF = triton.next_power_of_2(f)
+    dot_dtype, dot_prec = dot_config(W.dtype)
+    ttt_linear_decode_dual_kernel[(B * H,)](
+        q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, out,
+        W, b, state.k_cache, state.v_cache, state.lr_cache,
+        H=H, F=f, BF=BF, K=K, DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec, num_warps=4,
+    )
+    return out

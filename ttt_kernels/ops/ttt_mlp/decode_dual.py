@@ -1,0 +1,165 @@
+"""Fused TTT-MLP decode step in the dual form (one launch per layer per token).
+
+One program per (sequence, head). It reads ``W1, W2`` once, rebuilds the mini-batch
+so far (cached ``k_j, v_j, lr_j`` for ``j < t``, the current token at row ``t``) and
+recomputes the rows' activations and gradients at the mini-batch's start weights
+with tensor-core products (16 rows), then
+
+    z1_bar = q W1 + b1 - eta_t sum_j (q.k_j + 1) lr_j g1_j,   x2_bar = gelu(z1_bar)
+    z2_bar = x2_bar W2 + b2 - eta_t sum_j (x2_bar.x2_j + 1) lr_j g2_j
+
+without materialising any weight gradient. At the mini-batch's last token it applies
+the rank-K update to the weights; otherwise it appends the token to the cache.
+
+When ``W1, W2`` of a head fit one register tile (f <= 64) they are loaded once. Larger
+heads go over the hidden dim in chunks, twice: the first pass needs every chunk to
+get ``z2`` (and so ``g2``), the second forms ``g1`` and the outputs chunk by chunk;
+the second reads of a chunk come from L2.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from ..triton_utils import dot_config, gelu_tanh, gelu_tanh_grad, layer_norm_rows, ln_l2_grad_rows
+from ..ttt_state import TTTDualState, check_decode_args, check_out
+
+
+@triton.jit
+def _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, c0, cols, cm, F: tl.constexpr, FH: tl.constexpr, BH: tl.constexpr):
+    """W1[:, c0:c0+BH], b1[c0:c0+BH], W2[c0:c0+BH, :] of head ``bh`` (zero where padded)."""
+    hid = c0 + tl.arange(0, BH)
+    hm = hid < FH
+    W1 = tl.load(W1_ptr + bh * F * FH + cols[:, None] * FH + hid[None, :], mask=cm[:, None] & hm[None, :], other=0.0)
+    b1 = tl.load(b1_ptr + bh * FH + hid, mask=hm, other=0.0).to(tl.float32)
+    W2 = tl.load(W2_ptr + bh * FH * F + hid[:, None] * F + cols[None, :], mask=hm[:, None] & cm[None, :], other=0.0)
+    return W1, b1, W2
+
+
+@triton.jit
+def _dual_chunk(W1_ptr, b1_ptr, W2_ptr, W1, b1, W2, Z1, X2, G2, q, kr, attn1, eta, is_last, bh, c0, cols, cm,
+                F: tl.constexpr, FH: tl.constexpr, BH: tl.constexpr,
+                DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr):
+    """One hidden chunk of the output path (and of the update at the mini-batch end).
+
+    Returns this chunk's share of ``x2_bar W2`` and of ``x2_bar . x2_j`` per row.
+    """
+    G1 = tl.dot(G2.to(DOT_DTYPE), tl.trans(W2.to(DOT_DTYPE)), input_precision=DOT_PREC) * gelu_tanh_grad(Z1)
+    W1f = W1.to(tl.float32)
+    W2f = W2.to(tl.float32)
+    z1_bar = tl.sum(q[:, None] * W1f, axis=0) + b1 - eta * tl.sum(attn1[:, None] * G1, axis=0)
+    x2_bar = gelu_tanh(z1_bar)
+    xw = tl.sum(x2_bar[:, None] * W2f, axis=0)
+    xx = tl.sum(X2 * x2_bar[None, :], axis=1)
+    if is_last:
+        hid = c0 + tl.arange(0, BH)
+        hm = hid < FH
+        W1_new = W1f - eta * tl.dot(tl.trans(kr), G1, input_precision="ieee")
+        tl.store(W1_ptr + bh * F * FH + cols[:, None] * FH + hid[None, :], W1_new.to(W1_ptr.dtype.element_ty),
+                 mask=cm[:, None] & hm[None, :])
+        tl.store(b1_ptr + bh * FH + hid, (b1 - eta * tl.sum(G1, axis=0)).to(b1_ptr.dtype.element_ty), mask=hm)
+        W2_new = W2f - eta * tl.dot(tl.trans(X2), G2, input_precision="ieee")
+        tl.store(W2_ptr + bh * FH * F + hid[:, None] * F + cols[None, :], W2_new.to(W2_ptr.dtype.element_ty),
+                 mask=hm[:, None] & cm[None, :])
+    return xw, xx
+
+
+@triton.jit
+def ttt_mlp_decode_dual_kernel(
+    q_ptr, k_ptr, v_ptr, lr_ptr, pos_ptr, ln_w_ptr, ln_b_ptr, tib_ptr, out_ptr,
+    W1_ptr, b1_ptr, W2_ptr, b2_ptr, kc_ptr, vc_ptr, lrc_ptr,
+    H: tl.constexpr, F: tl.constexpr, BF: tl.constexpr, FH: tl.constexpr, BH: tl.constexpr, K: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    bh = tl.program_id(0).to(tl.int64)
+    h = bh % H
+    rows = tl.arange(0, K)
+    cols = tl.arange(0, BF)
+    cm = cols < F
+    t = (tl.load(pos_ptr + bh // H) % K).to(tl.int32)
+    eta = tl.maximum(1.0 / (t + 1).to(tl.float32) + tl.load(tib_ptr + t).to(tl.float32), 0.0)
+    is_last = t == K - 1
+
+    q = tl.load(q_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
+    k = tl.load(k_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
+    v = tl.load(v_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
+    lr = tl.load(lr_ptr + bh).to(tl.float32)
+    gamma = tl.load(ln_w_ptr + h * F + cols, mask=cm, other=0.0).to(tl.float32)
+    beta = tl.load(ln_b_ptr + h * F + cols, mask=cm, other=0.0).to(tl.float32)
+    b2 = tl.load(b2_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
+
+    # the mini-batch so far: cached rows j < t, the current token at row t
+    row_off = bh * K * F + rows[:, None] * F + cols[None, :]
+    cached = (rows[:, None] < t) & cm[None, :]
+    at_t = rows[:, None] == t
+    kr = tl.where(at_t, k[None, :], tl.load(kc_ptr + row_off, mask=cached, other=0.0).to(tl.float32))
+    vr = tl.where(at_t, v[None, :], tl.load(vc_ptr + row_off, mask=cached, other=0.0).to(tl.float32))
+    lrr = tl.load(lrc_ptr + bh * K + rows, mask=rows < t, other=0.0)
+    lrr = tl.where(rows == t, lr, lrr)  # rows j > t stay 0: they contribute nothing
+    kd = kr.to(DOT_DTYPE)
+    attn1 = tl.sum(kr * q[None, :], axis=1) + 1.0  # q.k_j + 1
+
+    if FH <= BH:  # the whole head in one tile: read the weights once
+        W1, b1, W2 = _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, 0, cols, cm, F, FH, BH)
+        Z1 = tl.dot(kd, W1.to(DOT_DTYPE), input_precision=DOT_PREC) + b1[None, :]
+        X2 = gelu_tanh(Z1)
+        Z2 = tl.dot(X2.to(DOT_DTYPE), W2.to(DOT_DTYPE), input_precision=DOT_PREC) + b2[None, :]
+        G2 = ln_l2_grad_rows(Z2, vr - kr, gamma, beta, cm, F) * lrr[:, None]
+        xw, xx = _dual_chunk(W1_ptr, b1_ptr, W2_ptr, W1, b1, W2, Z1, X2, G2, q, kr, attn1, eta, is_last,
+                             bh, 0, cols, cm, F, FH, BH, DOT_DTYPE, DOT_PREC)
+    else:
+        Z2 = tl.zeros((K, BF), dtype=tl.float32) + b2[None, :]
+        for c0 in range(0, FH, BH):
+            W1, b1, W2 = _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, c0, cols, cm, F, FH, BH)
+            X2 = gelu_tanh(tl.dot(kd, W1.to(DOT_DTYPE), input_precision=DOT_PREC) + b1[None, :])
+            Z2 += tl.dot(X2.to(DOT_DTYPE), W2.to(DOT_DTYPE), input_precision=DOT_PREC)
+        G2 = ln_l2_grad_rows(Z2, vr - kr, gamma, beta, cm, F) * lrr[:, None]
+        xw = tl.zeros((BF,), dtype=tl.float32)
+        xx = tl.zeros((K,), dtype=tl.float32)
+        for c0 in range(0, FH, BH):
+            W1, b1, W2 = _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, c0, cols, cm, F, FH, BH)
+            Z1 = tl.dot(kd, W1.to(DOT_DTYPE), input_precision=DOT_PREC) + b1[None, :]
+            X2 = gelu_tanh(Z1)
+            xw_c, xx_c = _dual_chunk(W1_ptr, b1_ptr, W2_ptr, W1, b1, W2, Z1, X2, G2, q, kr, attn1, eta, is_last,
+                                     bh, c0, cols, cm, F, FH, BH, DOT_DTYPE, DOT_PREC)
+            xw += xw_c
+            xx += xx_c
+
+    z2_bar = xw + b2 - eta * tl.sum((xx + 1.0)[:, None] * G2, axis=0)
+    out = q[None, :] + layer_norm_rows(z2_bar[None, :], gamma, beta, cm, F)
+    tl.store(out_ptr + bh * F + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=cm[None, :])
+
+    if is_last:
+        tl.store(b2_ptr + bh * F + cols, (b2 - eta * tl.sum(G2, axis=0)).to(b2_ptr.dtype.element_ty), mask=cm)
+    else:
+        tl.store(kc_ptr + bh * K * F + t * F + cols, k.to(kc_ptr.dtype.element_ty), mask=cm)
+        tl.store(vc_ptr + bh * K * F + t * F + cols, v.to(vc_ptr.dtype.element_ty), mask=cm)
+        tl.store(lrc_ptr + bh * K + t, lr)
+
+
+def ttt_mlp_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state: TTTDualState,
+                        *, out=None, check_positions=True, block_hidden=None, num_warps=None) -> torch.Tensor:
+    """One TTT-MLP decode step, fused; updates ``state`` in place and returns ``q + LN(z2_bar)``.
+
+    ``q, k, v [B, H, f]``, ``lr [B, H]``, ``pos [B]`` (absolute positions; not advanced
+    here), ``ln_weight, ln_bias [H, f]``, ``token_idx_bias [K]``. ``block_hidden`` and
+    ``num_warps`` override the tile over the hidden dim and the warps per program.
+    """
+    if not isinstance(state, TTTDualState):
+        raise TypeError(f"state must be a TTTDualState, got {type(state).__name__}")
+    B, H, f, K = check_decode_args("mlp_2", q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state,
+                                   check_positions)
+    out = check_out(out, q)
+    W1, b1, W2, b2 = state.weights
+    BF = triton.next_power_of_2(f)
+    FH = 4 * f
+    # a [BF, BH] + [BH, BF] weight tile of 16K elements per operand keeps registers in bounds
+    BH = block_hidden or max(16, min(triton.next_power_of_2(FH), 16384 // BF))
+    dot_dtype, dot_prec = dot_config(W1.dtype)
+    ttt_mlp_decode_dual_kernel[(B * H,)](
+        q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, out,
+        W1, b1, W2, b2, state.k_cache, state.v_cache, state.lr_cache,
+        H=H, F=f, BF=BF, FH=FH, BH=BH, K=K, DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec,
+        num_warps=num_warps or 8,
+    )
+    return out
