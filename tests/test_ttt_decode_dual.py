@@ -53,7 +53,7 @@ def test_dual_kernel_matches_reference(inner_net, state_dtype, act_dtype, device
 @pytest.mark.parametrize("inner_net", ["mlp_1", "mlp_2"])
 @pytest.mark.parametrize("state_dtype,act_dtype", [(F32, F32), (F16, F16)], ids=["float32", "float16"])
 def test_dual_kernel_padded_head_dim(inner_net, state_dtype, act_dtype, device):
-    # f = 96 (the 760M config) runs in a 128-wide block; mlp_2 also takes the chunked path
+    # f = 96 (the 760M config) runs in a 128-wide block with masked columns
     run_against_reference(inner_net, 2, 1, 96, state_dtype, act_dtype, torch.tensor([3, 14]), 20, device, seed=11)
 
 

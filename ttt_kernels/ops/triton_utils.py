@@ -46,6 +46,17 @@ def gelu_tanh_grad(x):
 
 
 @triton.jit
+def vec_mat(x, W, M: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr):
+    """``x @ W`` for one row vector, on the tensor cores: ``x`` goes into row 0 of an
+    ``M``-row tile (``tl.dot`` needs M >= 16). Broadcast-and-reduce on the CUDA cores
+    would hold an fp32 copy of ``W`` in registers, which is what limits occupancy."""
+    rows = tl.arange(0, M)
+    xt = tl.where(rows[:, None] == 0, x[None, :], 0.0).to(DOT_DTYPE)
+    y = tl.dot(xt, W.to(DOT_DTYPE), input_precision=DOT_PREC)
+    return tl.sum(tl.where(rows[:, None] == 0, y, 0.0), axis=0)
+
+
+@triton.jit
 def _normalize(z, cols, F: tl.constexpr):
     """(z - mean) / std over axis 1 and 1/std, with padded columns kept at zero."""
     mu = tl.sum(tl.where(cols[None, :], z, 0.0), axis=1) / F

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import dot_config, layer_norm_rows, ln_l2_grad_rows
+from ..triton_utils import dot_config, layer_norm_rows, ln_l2_grad_rows, vec_mat
 from ..ttt_state import TTTDualState, check_decode_args, check_out
 
 
@@ -56,20 +56,27 @@ def ttt_linear_decode_dual_kernel(
     Z = tl.dot(kr.to(DOT_DTYPE), W.to(DOT_DTYPE), input_precision=DOT_PREC) + b[None, :]
     G = ln_l2_grad_rows(Z, vr - kr, gamma, beta, cm, F) * lrr[:, None]
 
-    Wf = W.to(tl.float32)
     attn = tl.sum(kr * q[None, :], axis=1) + 1.0  # q.k_j + 1
-    z_bar = tl.sum(q[:, None] * Wf, axis=0) + b - eta * tl.sum(attn[:, None] * G, axis=0)
+    z_bar = vec_mat(q, W, K, DOT_DTYPE, DOT_PREC) + b - eta * tl.sum(attn[:, None] * G, axis=0)
     out = q[None, :] + layer_norm_rows(z_bar[None, :], gamma, beta, cm, F)
     tl.store(out_ptr + bh * F + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=cm[None, :])
 
     if t == K - 1:
-        dW = tl.dot(tl.trans(kr), G, input_precision="ieee")
-        tl.store(W_ptr + w_off, (Wf - eta * dW).to(W_ptr.dtype.element_ty), mask=w_mask)
+        # W is read again here (from L2) rather than kept live in registers all kernel long
+        W0 = tl.load(W_ptr + w_off, mask=w_mask, other=0.0).to(tl.float32)
+        W_new = tl.dot(tl.trans(kr).to(DOT_DTYPE), (-eta * G).to(DOT_DTYPE), acc=W0, input_precision=DOT_PREC)
+        tl.store(W_ptr + w_off, W_new.to(W_ptr.dtype.element_ty), mask=w_mask)
         tl.store(b_ptr + bh * F + cols, (b - eta * tl.sum(G, axis=0)).to(b_ptr.dtype.element_ty), mask=cm)
     else:
         tl.store(kc_ptr + bh * K * F + t * F + cols, k.to(kc_ptr.dtype.element_ty), mask=cm)
         tl.store(vc_ptr + bh * K * F + t * F + cols, v.to(vc_ptr.dtype.element_ty), mask=cm)
         tl.store(lrc_ptr + bh * K + t, lr)
+
+
+def _launch_config(f: int) -> dict:
+    # measured on H100 at f=64, B=512 (benchmarks/results/dual_kernel_tuning.md): 4 warps
+    # with registers capped at 96 lets 5 programs share an SM (105 us vs 115 us uncapped)
+    return {"num_warps": 4, "maxnreg": 96} if f <= 64 else {"num_warps": 8}
 
 
 def ttt_linear_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state: TTTDualState,
@@ -90,6 +97,6 @@ def ttt_linear_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias,
     ttt_linear_decode_dual_kernel[(B * H,)](
         q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, out,
         W, b, state.k_cache, state.v_cache, state.lr_cache,
-        H=H, F=f, BF=BF, K=K, DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec, num_warps=4,
+        H=H, F=f, BF=BF, K=K, DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec, **_launch_config(f),
     )
     return out

@@ -11,17 +11,17 @@ with tensor-core products (16 rows), then
 without materialising any weight gradient. At the mini-batch's last token it applies
 the rank-K update to the weights; otherwise it appends the token to the cache.
 
-When ``W1, W2`` of a head fit one register tile (f <= 64) they are loaded once. Larger
-heads go over the hidden dim in chunks, twice: the first pass needs every chunk to
-get ``z2`` (and so ``g2``), the second forms ``g1`` and the outputs chunk by chunk;
-the second reads of a chunk come from L2.
+The hidden dim is walked in chunks, twice: the first pass needs every chunk to get
+``z2`` (and so ``g2``), the second forms ``g1`` and the outputs chunk by chunk; its
+reads of a chunk come from L2. Small chunks keep registers low enough for several
+programs per SM, which measured faster than holding a whole head in one tile.
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import dot_config, gelu_tanh, gelu_tanh_grad, layer_norm_rows, ln_l2_grad_rows
+from ..triton_utils import dot_config, gelu_tanh, gelu_tanh_grad, layer_norm_rows, ln_l2_grad_rows, vec_mat
 from ..ttt_state import TTTDualState, check_decode_args, check_out
 
 
@@ -37,30 +37,31 @@ def _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, c0, cols, cm, F: tl.constexpr, FH: t
 
 
 @triton.jit
-def _dual_chunk(W1_ptr, b1_ptr, W2_ptr, W1, b1, W2, Z1, X2, G2, q, kr, attn1, eta, is_last, bh, c0, cols, cm,
-                F: tl.constexpr, FH: tl.constexpr, BH: tl.constexpr,
+def _dual_chunk(W1_ptr, b1_ptr, W2_ptr, zq1, b1, W2, Z1, X2, G2, kr, attn1, eta, is_last, bh, c0, cols, cm,
+                F: tl.constexpr, FH: tl.constexpr, BH: tl.constexpr, K: tl.constexpr,
                 DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr):
-    """One hidden chunk of the output path (and of the update at the mini-batch end).
-
-    Returns this chunk's share of ``x2_bar W2`` and of ``x2_bar . x2_j`` per row.
+    """One hidden chunk of the output path (and of the update at the mini-batch end);
+    ``zq1 = q W1 + b1`` of the chunk. Returns this chunk's share of ``x2_bar W2`` and of ``x2_bar . x2_j`` per row.
     """
     G1 = tl.dot(G2.to(DOT_DTYPE), tl.trans(W2.to(DOT_DTYPE)), input_precision=DOT_PREC) * gelu_tanh_grad(Z1)
-    W1f = W1.to(tl.float32)
-    W2f = W2.to(tl.float32)
-    z1_bar = tl.sum(q[:, None] * W1f, axis=0) + b1 - eta * tl.sum(attn1[:, None] * G1, axis=0)
+    z1_bar = zq1 - eta * tl.sum(attn1[:, None] * G1, axis=0)
     x2_bar = gelu_tanh(z1_bar)
-    xw = tl.sum(x2_bar[:, None] * W2f, axis=0)
+    xw = vec_mat(x2_bar, W2, K, DOT_DTYPE, DOT_PREC)
     xx = tl.sum(X2 * x2_bar[None, :], axis=1)
-    if is_last:
+    if is_last:  # the weights are read again here (from L2) rather than kept live in registers
         hid = c0 + tl.arange(0, BH)
         hm = hid < FH
-        W1_new = W1f - eta * tl.dot(tl.trans(kr), G1, input_precision="ieee")
-        tl.store(W1_ptr + bh * F * FH + cols[:, None] * FH + hid[None, :], W1_new.to(W1_ptr.dtype.element_ty),
-                 mask=cm[:, None] & hm[None, :])
+        w1_off = bh * F * FH + cols[:, None] * FH + hid[None, :]
+        w1_mask = cm[:, None] & hm[None, :]
+        W1_0 = tl.load(W1_ptr + w1_off, mask=w1_mask, other=0.0).to(tl.float32)
+        W1_new = tl.dot(tl.trans(kr).to(DOT_DTYPE), (-eta * G1).to(DOT_DTYPE), acc=W1_0, input_precision=DOT_PREC)
+        tl.store(W1_ptr + w1_off, W1_new.to(W1_ptr.dtype.element_ty), mask=w1_mask)
         tl.store(b1_ptr + bh * FH + hid, (b1 - eta * tl.sum(G1, axis=0)).to(b1_ptr.dtype.element_ty), mask=hm)
-        W2_new = W2f - eta * tl.dot(tl.trans(X2), G2, input_precision="ieee")
-        tl.store(W2_ptr + bh * FH * F + hid[:, None] * F + cols[None, :], W2_new.to(W2_ptr.dtype.element_ty),
-                 mask=hm[:, None] & cm[None, :])
+        w2_off = bh * FH * F + hid[:, None] * F + cols[None, :]
+        w2_mask = hm[:, None] & cm[None, :]
+        W2_0 = tl.load(W2_ptr + w2_off, mask=w2_mask, other=0.0).to(tl.float32)
+        W2_new = tl.dot(tl.trans(X2).to(DOT_DTYPE), (-eta * G2).to(DOT_DTYPE), acc=W2_0, input_precision=DOT_PREC)
+        tl.store(W2_ptr + w2_off, W2_new.to(W2_ptr.dtype.element_ty), mask=w2_mask)
     return xw, xx
 
 
@@ -99,31 +100,25 @@ def ttt_mlp_decode_dual_kernel(
     kd = kr.to(DOT_DTYPE)
     attn1 = tl.sum(kr * q[None, :], axis=1) + 1.0  # q.k_j + 1
 
-    if FH <= BH:  # the whole head in one tile: read the weights once
-        W1, b1, W2 = _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, 0, cols, cm, F, FH, BH)
+    # pass 1: z2 of every row needs all hidden chunks
+    Z2 = tl.zeros((K, BF), dtype=tl.float32) + b2[None, :]
+    for c0 in range(0, FH, BH):
+        W1, b1, W2 = _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, c0, cols, cm, F, FH, BH)
+        X2 = gelu_tanh(tl.dot(kd, W1.to(DOT_DTYPE), input_precision=DOT_PREC) + b1[None, :])
+        Z2 += tl.dot(X2.to(DOT_DTYPE), W2.to(DOT_DTYPE), input_precision=DOT_PREC)
+    G2 = ln_l2_grad_rows(Z2, vr - kr, gamma, beta, cm, F) * lrr[:, None]
+    # pass 2, chunk by chunk: g1, the output path and (at the mini-batch end) the update
+    xw = tl.zeros((BF,), dtype=tl.float32)
+    xx = tl.zeros((K,), dtype=tl.float32)
+    for c0 in range(0, FH, BH):
+        W1, b1, W2 = _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, c0, cols, cm, F, FH, BH)
+        zq1 = vec_mat(q, W1, K, DOT_DTYPE, DOT_PREC) + b1
         Z1 = tl.dot(kd, W1.to(DOT_DTYPE), input_precision=DOT_PREC) + b1[None, :]
         X2 = gelu_tanh(Z1)
-        Z2 = tl.dot(X2.to(DOT_DTYPE), W2.to(DOT_DTYPE), input_precision=DOT_PREC) + b2[None, :]
-        G2 = ln_l2_grad_rows(Z2, vr - kr, gamma, beta, cm, F) * lrr[:, None]
-        xw, xx = _dual_chunk(W1_ptr, b1_ptr, W2_ptr, W1, b1, W2, Z1, X2, G2, q, kr, attn1, eta, is_last,
-                             bh, 0, cols, cm, F, FH, BH, DOT_DTYPE, DOT_PREC)
-    else:
-        Z2 = tl.zeros((K, BF), dtype=tl.float32) + b2[None, :]
-        for c0 in range(0, FH, BH):
-            W1, b1, W2 = _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, c0, cols, cm, F, FH, BH)
-            X2 = gelu_tanh(tl.dot(kd, W1.to(DOT_DTYPE), input_precision=DOT_PREC) + b1[None, :])
-            Z2 += tl.dot(X2.to(DOT_DTYPE), W2.to(DOT_DTYPE), input_precision=DOT_PREC)
-        G2 = ln_l2_grad_rows(Z2, vr - kr, gamma, beta, cm, F) * lrr[:, None]
-        xw = tl.zeros((BF,), dtype=tl.float32)
-        xx = tl.zeros((K,), dtype=tl.float32)
-        for c0 in range(0, FH, BH):
-            W1, b1, W2 = _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, c0, cols, cm, F, FH, BH)
-            Z1 = tl.dot(kd, W1.to(DOT_DTYPE), input_precision=DOT_PREC) + b1[None, :]
-            X2 = gelu_tanh(Z1)
-            xw_c, xx_c = _dual_chunk(W1_ptr, b1_ptr, W2_ptr, W1, b1, W2, Z1, X2, G2, q, kr, attn1, eta, is_last,
-                                     bh, c0, cols, cm, F, FH, BH, DOT_DTYPE, DOT_PREC)
-            xw += xw_c
-            xx += xx_c
+        xw_c, xx_c = _dual_chunk(W1_ptr, b1_ptr, W2_ptr, zq1, b1, W2, Z1, X2, G2, kr, attn1, eta, is_last,
+                                 bh, c0, cols, cm, F, FH, BH, K, DOT_DTYPE, DOT_PREC)
+        xw += xw_c
+        xx += xx_c
 
     z2_bar = xw + b2 - eta * tl.sum((xx + 1.0)[:, None] * G2, axis=0)
     out = q[None, :] + layer_norm_rows(z2_bar[None, :], gamma, beta, cm, F)
@@ -138,12 +133,11 @@ def ttt_mlp_decode_dual_kernel(
 
 
 def ttt_mlp_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state: TTTDualState,
-                        *, out=None, check_positions=True, block_hidden=None, num_warps=None) -> torch.Tensor:
+                        *, out=None, check_positions=True) -> torch.Tensor:
     """One TTT-MLP decode step, fused; updates ``state`` in place and returns ``q + LN(z2_bar)``.
 
     ``q, k, v [B, H, f]``, ``lr [B, H]``, ``pos [B]`` (absolute positions; not advanced
-    here), ``ln_weight, ln_bias [H, f]``, ``token_idx_bias [K]``. ``block_hidden`` and
-    ``num_warps`` override the tile over the hidden dim and the warps per program.
+    here), ``ln_weight, ln_bias [H, f]``, ``token_idx_bias [K]``.
     """
     if not isinstance(state, TTTDualState):
         raise TypeError(f"state must be a TTTDualState, got {type(state).__name__}")
@@ -153,13 +147,18 @@ def ttt_mlp_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, st
     W1, b1, W2, b2 = state.weights
     BF = triton.next_power_of_2(f)
     FH = 4 * f
-    # a [BF, BH] + [BH, BF] weight tile of 16K elements per operand keeps registers in bounds
-    BH = block_hidden or max(16, min(triton.next_power_of_2(FH), 16384 // BF))
+    # Measured on H100 at f=64, B=512 (benchmarks/results/dual_kernel_tuning.md): 64-wide
+    # hidden chunks on 4 warps beat one register tile of the whole head (713 us vs 1015 us):
+    # the small tiles let several programs share an SM, and the second pass re-reads the
+    # chunks from L2. Two pipeline stages overlap the next chunk's load; an fp32 state
+    # gets one, as two would not fit in shared memory.
+    BH = min(64, triton.next_power_of_2(FH))
+    num_stages = 1 if W1.dtype == torch.float32 else 2
     dot_dtype, dot_prec = dot_config(W1.dtype)
     ttt_mlp_decode_dual_kernel[(B * H,)](
         q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, out,
         W1, b1, W2, b2, state.k_cache, state.v_cache, state.lr_cache,
         H=H, F=f, BF=BF, FH=FH, BH=BH, K=K, DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec,
-        num_warps=num_warps or 8,
+        num_warps=4, num_stages=num_stages,
     )
     return out
