@@ -1,0 +1,103 @@
+"""Mamba (v1) mixer for decoding: no autograd, our kernels for the step.
+
+Parameter names and shapes are mamba-ssm's (``in_proj``, ``conv1d``, ``x_proj``,
+``dt_proj``, ``A_log``, ``D``, ``out_proj``), so its mixer state dicts load as they are.
+``A_log`` and ``D`` stay fp32 whatever the model dtype, as in mamba-ssm.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops.mamba import mamba_scan_ref, mamba_step, mamba_step_ref
+
+
+class Mamba(nn.Module):
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank=None,
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, dt_init_floor: float = 1e-4, seed: int = 0,
+                 device=None, dtype=torch.float32, use_triton: bool = True):
+        super().__init__()
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank is None else dt_rank
+        self.use_triton = use_triton
+        d, r = self.d_inner, self.dt_rank
+
+        # mamba-ssm's init, drawn on the CPU from our own generator so a seed gives the same
+        # weights on every device and the global RNG is left alone
+        g = torch.Generator().manual_seed(seed)
+
+        def uniform(shape, bound):
+            return (torch.rand(shape, generator=g) * 2 - 1) * bound
+
+        self.in_proj = nn.Linear(d_model, 2 * d, bias=False)
+        self.conv1d = nn.Conv1d(d, d, d_conv, groups=d, padding=d_conv - 1, bias=True)
+        self.x_proj = nn.Linear(d, r + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(r, d, bias=True)
+        self.out_proj = nn.Linear(d, d_model, bias=False)
+        with torch.no_grad():
+            # nn.Linear / nn.Conv1d defaults (kaiming_uniform(a=sqrt(5)) is U(+-1/sqrt(fan_in)))
+            for lin in (self.in_proj, self.x_proj, self.out_proj):
+                lin.weight.copy_(uniform(lin.weight.shape, lin.in_features ** -0.5))
+            self.conv1d.weight.copy_(uniform(self.conv1d.weight.shape, d_conv ** -0.5))
+            self.conv1d.bias.copy_(uniform((d,), d_conv ** -0.5))
+            self.dt_proj.weight.copy_(uniform((d, r), r ** -0.5))
+            # dt log-uniform in [dt_min, dt_max]; the bias is its inverse softplus
+            dt = torch.exp(torch.rand(d, generator=g) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+            dt = dt.clamp(min=dt_init_floor)
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.to(device=device, dtype=dtype)
+        # A = -(1, 2, ..., d_state) per channel
+        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(d, 1)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.D = nn.Parameter(torch.ones(d, device=device))
+        self.requires_grad_(False)
+
+    def _weights(self):
+        """The step's weights in :func:`mamba_step`'s order (the conv weight as ``[d_inner, d_conv]``)."""
+        return (self.conv1d.weight.view(self.d_inner, self.d_conv), self.conv1d.bias, self.x_proj.weight,
+                self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D)
+
+    def allocate_inference_cache(self, batch: int, dtype=None, state_dtype=torch.float32):
+        """``(conv_state [B, d_inner, d_conv], ssm_state [B, d_inner, d_state])``, zeros; the conv
+        state holds conv inputs, so it is in the activation dtype (the weights' by default)."""
+        dev = self.in_proj.weight.device
+        dtype = self.in_proj.weight.dtype if dtype is None else dtype
+        return (torch.zeros(batch, self.d_inner, self.d_conv, dtype=dtype, device=dev),
+                torch.zeros(batch, self.d_inner, self.d_state, dtype=state_dtype, device=dev))
+
+    @torch.no_grad()
+    def step(self, hidden: torch.Tensor, cache) -> torch.Tensor:
+        """One token per sequence: ``hidden [B, d_model] -> [B, d_model]``; updates ``cache`` in place.
+        No host syncs, so it can be captured in a CUDA graph."""
+        conv_state, ssm_state = cache
+        xz = F.linear(hidden, self.in_proj.weight)
+        x, z = xz[:, :self.d_inner], xz[:, self.d_inner:]  # row-strided views: the kernels take them as they are
+        step = mamba_step if self.use_triton else mamba_step_ref
+        y = step(x, z, conv_state, ssm_state, *self._weights())
+        return F.linear(y, self.out_proj.weight)
+
+    @torch.no_grad()
+    def prefill(self, hidden: torch.Tensor, cache, lengths=None) -> torch.Tensor:
+        """``hidden [B, T, d_model] -> [B, T, d_model]`` with the reference scan, continuing from
+        ``cache`` and leaving in it the states decode continues from. With ``lengths [B]``
+        (right padding), sequence ``b``'s states stop after ``lengths[b]`` tokens and its padded
+        outputs are zero."""
+        conv_state, ssm_state = cache
+        T = hidden.shape[1]
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths, device=hidden.device)
+            # a host sync, which prefill (never graph-captured) can afford
+            if lengths.shape != (hidden.shape[0],) or bool(((lengths < 0) | (lengths > T)).any()):
+                raise ValueError(f"lengths must be [{hidden.shape[0]}] values in 0..{T}")
+        xz = F.linear(hidden, self.in_proj.weight)
+        x, z = xz[..., :self.d_inner], xz[..., self.d_inner:]
+        y, new_conv, new_ssm = mamba_scan_ref(x, z, *self._weights(), conv_state=conv_state, ssm_state=ssm_state,
+                                              lengths=lengths)
+        conv_state.copy_(new_conv)
+        ssm_state.copy_(new_ssm)
+        return F.linear(y, self.out_proj.weight)
