@@ -1,0 +1,320 @@
+"""Micro-benchmark of one TTT decode step (one layer) over batch size, on the GPU.
+
+    python benchmarks/micro_benchmark.py --inner_net mlp_2 --json --plot     # TTT-MLP, fp16 state
+    python benchmarks/micro_benchmark.py --inner_net mlp_1 --state_dtype fp32
+    python benchmarks/micro_benchmark.py --inner_net mlp_2 --lines dual dual_CG --batch 512 1024
+
+Lines (``--lines``; spaces or underscores): ``ref`` the PyTorch dual reference, eager;
+``ref compile`` the same under torch.compile; ``primal`` / ``dual`` the Triton kernels
+(original algorithm / this project's). ``<line> CG`` replays the same 16 steps from one
+CUDA graph.
+
+A step's time is the mean over one whole mini-batch cycle: 16 consecutive steps (so
+the 1-in-16 weight update is in), each with its own pre-built position tensor
+``pos_i = base + i`` and pre-generated q, k, v, lr, the state updated in place;
+``triton.testing.do_bench`` (median, L2 flushed before each cycle) of the 16-step
+function, divided by 16. GB/s = decode_floor_bytes / time (the weights read once plus
+q, k, v, out); %floor = (floor bytes at 3.0 TB/s) / time. Where the state fits in L2
+(small B) steps 2..16 of a cycle may read it from L2, so %floor can pass 100%.
+
+Profiling (no timing; NVTX ranges per line, cycle and step):
+    nsys profile --capture-range=cudaProfilerApi --capture-range-end=stop -t cuda,nvtx \\
+        -o ttt_decode_mlp_2 python benchmarks/micro_benchmark.py --inner_net mlp_2 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import torch  # noqa: E402
+
+from ttt_kernels.utils.benchmarking import (HBM_BYTES_PER_S, as_dtype, decode_floor_bytes,  # noqa: E402
+                                            markdown_table, random_layer, random_lr, random_token,
+                                            write_results)
+
+K = 16
+DEVICE = "cuda"
+LINES = ["ref", "ref CG", "ref compile", "ref compile CG", "primal", "primal CG", "dual", "dual CG"]
+EAGER_REF = ("ref",)  # the lines --max_ref_batch limits
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+_COLORS = {"ref": "tab:gray", "ref compile": "tab:orange", "primal": "tab:red", "dual": "tab:blue"}
+
+
+def line_name(s: str) -> str:
+    """'dual_CG', 'dual-cg', 'dual CG' -> 'dual CG'."""
+    words = s.replace("_", " ").replace("-", " ").split()
+    name = " ".join(w.upper() if w.lower() == "cg" else w.lower() for w in words)
+    if name not in LINES:
+        raise argparse.ArgumentTypeError(f"unknown line {s!r}; lines: {', '.join(LINES)}")
+    return name
+
+
+def first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [""])[0][:200]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--inner_net", choices=["mlp_1", "mlp_2"], default="mlp_2")
+    p.add_argument("--state_dtype", choices=["fp16", "bf16", "fp32"], default="fp16")
+    p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16", help="activations (q, k, v, out)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16, 64, 128, 256, 512, 1024])
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--head_dim", type=int, default=64)
+    p.add_argument("--lines", type=line_name, nargs="+", default=LINES, metavar="LINE",
+                   help=f"subset of: {', '.join(l.replace(' ', '_') for l in LINES)}")
+    p.add_argument("--max_ref_batch", type=int, default=256, help="largest batch for the eager ref lines")
+    p.add_argument("--ragged", action="store_true",
+                   help="each sequence at its own place in the mini-batch (default: all aligned, t = i)")
+    p.add_argument("--warmup", type=float, default=10, help="do_bench warmup, ms")
+    p.add_argument("--rep", type=float, default=40, help="do_bench repetition time, ms")
+    p.add_argument("--json", action="store_true",
+                   help="write benchmarks/results/micro_<inner_net>_<state_dtype>.json")
+    p.add_argument("--plot", action="store_true", help="save perf_report's plot next to the JSON (.png)")
+    p.add_argument("--profile", action="store_true",
+                   help="no timing: 3 cycles of each selected Triton line between cudaProfilerStart/Stop")
+    p.add_argument("--profile_batch", type=int, default=256)
+    p.add_argument("--profile_cycles", type=int, default=3)
+    return p.parse_args(argv)
+
+
+# the ops of each line, by their exact names
+OP_NAMES = {
+    "mlp_1": ("ttt_kernels.ops.ttt_linear", {"ref": "ttt_linear_decode_dual_ref", "primal": "ttt_linear_decode_primal",
+                                             "dual": "ttt_linear_decode_dual"}),
+    "mlp_2": ("ttt_kernels.ops.ttt_mlp", {"ref": "ttt_mlp_decode_dual_ref", "primal": "ttt_mlp_decode_primal",
+                                          "dual": "ttt_mlp_decode_dual"}),
+}
+
+
+def load_ops(inner_net: str) -> dict:
+    """line base name -> callable, or the ImportError that says why it is missing."""
+    import importlib
+    mod_name, names = OP_NAMES[inner_net]
+    mod = importlib.import_module(mod_name)
+    return {base: getattr(mod, name, None) or ImportError(f"cannot import {name} from {mod_name}")
+            for base, name in names.items()}
+
+
+class Bench:
+    """The layer, the per-batch inputs and one method per line (fresh state for each)."""
+
+    def __init__(self, args):
+        self.args = args
+        self.sdt, self.adt = as_dtype(args.state_dtype), as_dtype(args.dtype)
+        self.H, self.f = args.heads, args.head_dim
+        self.gen = torch.Generator(device=DEVICE).manual_seed(0)
+        self.params, *ln = random_layer(args.inner_net, self.H, self.f, K, DEVICE, gen=self.gen)
+        self.ln = tuple(ln)  # ln_weight, ln_bias, token_idx_bias (fp32)
+        self.ops = load_ops(args.inner_net)
+        if not isinstance(self.ops["ref"], Exception):
+            self.ops["ref compile"] = torch.compile(self.ops["ref"])
+        self.batch = None
+        self.us = {}  # (B, line) -> µs per step (NaN when skipped)
+        self.notes = []
+
+    def inputs(self, B):
+        """16 steps' pre-generated q, k, v, lr and positions (kept for the current batch size)."""
+        if self.batch != B:
+            self.batch = None
+            self.tokens = [random_token(B, self.H, self.f, self.adt, DEVICE, self.gen) for _ in range(K)]
+            base = torch.full((B,), 2048, dtype=torch.int64, device=DEVICE)
+            if self.args.ragged:
+                base += torch.randint(0, K, (B,), generator=self.gen, device=DEVICE)
+            self.pos = [base + i for i in range(K)]
+            self.out = torch.empty_like(self.tokens[0][0])
+            self.batch = B
+        return self.tokens, self.pos
+
+    def state(self, kind, B):
+        from ttt_kernels.ops.ttt_state import TTTDualState, TTTPrimalState
+        H, f = self.H, self.f
+        if kind == "primal":
+            st = TTTPrimalState.from_params(self.params, B, self.sdt)
+            for g in st.grads:
+                g.normal_(0.0, 0.01, generator=self.gen)
+        else:  # random cache rows: valid at any position
+            st = TTTDualState.from_params(self.params, B, K, self.sdt, self.adt)
+            st.k_cache.normal_(generator=self.gen)
+            st.v_cache.normal_(generator=self.gen)
+            st.lr_cache.copy_(random_lr(B, H * K, f, DEVICE, self.gen).view(B, H, K))
+        return st
+
+    def steps(self, line, B):
+        """The 16 step closures of ``line`` at batch ``B``."""
+        base = line.removesuffix(" CG")
+        fn = self.ops[base]
+        if isinstance(fn, Exception):
+            raise fn
+        tokens, pos = self.inputs(B)
+        st = self.state("primal" if base == "primal" else "dual", B)
+        if base in ("primal", "dual"):
+            def step(i):
+                fn(*tokens[i], pos[i], *self.ln, st, out=self.out, check_positions=False)
+        else:  # the references take no keyword arguments and return a new tensor
+            def step(i):
+                fn(*tokens[i], pos[i], *self.ln, st)
+        return [lambda i=i: step(i) for i in range(K)]
+
+    def runner(self, line, B):
+        """A callable running one 16-step cycle of ``line``: the steps, or a graph replay."""
+        steps = self.steps(line, B)
+
+        def cycle():
+            for s in steps:
+                s()
+        side = torch.cuda.Stream()  # warm up (JIT, torch.compile, allocator) off the capture stream
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            cycle()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        if not line.endswith(" CG"):
+            return cycle, steps
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            cycle()
+        return graph.replay, steps
+
+    def measure(self, B, line) -> float:
+        """µs per step of ``line`` at batch ``B`` (NaN, with a note, when it cannot run)."""
+        import triton.testing
+        us = math.nan
+        if line.removesuffix(" CG") in EAGER_REF and B > self.args.max_ref_batch:
+            self.notes.append(f"{line} B={B}: skipped (> --max_ref_batch {self.args.max_ref_batch})")
+        else:
+            try:
+                ms = triton.testing.do_bench(self.runner(line, B)[0], warmup=self.args.warmup,
+                                             rep=self.args.rep, return_mode="median")
+                us = 1e3 * ms / K
+            except torch.cuda.OutOfMemoryError:
+                self.notes.append(f"{line} B={B}: out of memory")
+            except Exception as e:  # a missing or failing line must not lose the others' numbers
+                self.notes.append(f"{line} B={B}: {type(e).__name__}: {first_line(e)}")
+            torch.cuda.empty_cache()  # this line's state and graph are gone: free them for the next
+        self.us[(B, line)] = us
+        print(f"  B={B:<5} {line:<15} {us:9.2f} µs/step", file=sys.stderr, flush=True)
+        return us
+
+    def floor(self, B):
+        nbytes = decode_floor_bytes(self.args.inner_net, B, self.H, self.f, self.sdt, self.adt)
+        return nbytes, 1e6 * nbytes / HBM_BYTES_PER_S
+
+
+def run_perf_report(bench: Bench, name: str, save_png: Path | None):
+    """Time every (batch, line) through triton.testing.perf_report; it prints the µs table."""
+    import triton.testing
+    args = bench.args
+    try:
+        import matplotlib
+        import pandas  # noqa: F401  (perf_report builds its table with pandas)
+        matplotlib.use("Agg")
+    except ImportError as e:
+        print(f"({e.name} missing, so no perf_report table or plot: pip install -e '.[bench]')")
+        for B in args.batch:
+            for line in args.lines:
+                bench.measure(B, line)
+        rows = [{"batch": B, **{l: bench.us[(B, l)] for l in args.lines}} for B in args.batch]
+        print(markdown_table(rows, ["batch", *args.lines], fmt=".2f"))
+        return
+    config = triton.testing.Benchmark(
+        x_names=["B"], x_vals=args.batch, x_log=True, xlabel="batch size",
+        line_arg="line", line_vals=args.lines, line_names=args.lines,
+        styles=[(_COLORS[l.removesuffix(" CG")], "--" if l.endswith("CG") else "-") for l in args.lines],
+        ylabel="µs/step", y_log=True, plot_name=name, args={})
+
+    @triton.testing.perf_report(config)
+    def step_time(B, line):
+        return bench.measure(B, line)
+
+    step_time.run(print_data=True, show_plots=False)
+    if save_png is not None:
+        import matplotlib.pyplot as plt
+        plt.title(f"{args.inner_net}, {args.state_dtype} state, H={args.heads}, f={args.head_dim}")
+        plt.savefig(save_png, dpi=120, bbox_inches="tight")
+        print(f"wrote {save_png}")
+
+
+def profile(bench: Bench):
+    """A few cycles of each Triton line at one batch size, between cudaProfilerStart/Stop."""
+    args, B = bench.args, bench.args.profile_batch
+    lines = [l for l in args.lines if l.removesuffix(" CG") in ("primal", "dual")]
+    prepared = {}
+    for line in lines:  # JIT, warm-up and graph capture stay outside the capture range
+        try:
+            prepared[line] = bench.runner(line, B)
+        except Exception as e:
+            print(f"{line}: not profiled ({type(e).__name__}: {first_line(e)})")
+    torch.cuda.synchronize()
+    nvtx = torch.cuda.nvtx
+    torch.cuda.profiler.start()
+    for line, (run, steps) in prepared.items():
+        nvtx.range_push(f"{line} B={B}")
+        for c in range(args.profile_cycles):
+            if line.endswith(" CG"):
+                nvtx.range_push(f"{line} cycle {c} (16 steps)")
+                run()
+                nvtx.range_pop()
+            else:
+                for i, s in enumerate(steps):
+                    nvtx.range_push(f"{line} cycle {c} step {i}")
+                    s()
+                    nvtx.range_pop()
+        torch.cuda.synchronize()
+        nvtx.range_pop()
+    torch.cuda.profiler.stop()
+    print(f"profiled {', '.join(prepared)} at B={B}, {args.profile_cycles} cycles of {K} steps each")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        print("micro_benchmark.py needs a CUDA GPU (the kernels' correctness runs on the CPU: "
+              "python -m pytest tests)", file=sys.stderr)
+        return 2
+    import triton
+    bench = Bench(args)
+    env = f"{torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__}"
+    print(f"{env}\n{args.inner_net}, H={args.heads}, f={args.head_dim}, K={K}, {args.state_dtype} state, "
+          f"{args.dtype} activations, {'ragged' if args.ragged else 'aligned'} positions")
+    for base in ("ref", "primal", "dual"):
+        if isinstance(bench.ops[base], Exception):
+            print(f"({base} lines skipped: {bench.ops[base]})")
+    if args.profile:
+        profile(bench)
+        return 0
+
+    name = f"micro_{args.inner_net}_{args.state_dtype}" + ("" if args.dtype == "fp16" else f"_act_{args.dtype}")
+    run_perf_report(bench, name, RESULTS_DIR / f"{name}.png" if args.plot else None)
+
+    rows, table = [], []
+    for B in args.batch:
+        nbytes, floor_us = bench.floor(B)
+        trow = {"batch": B, "floor µs": f"{floor_us:.3g}"}
+        for line in args.lines:
+            us = bench.us[(B, line)]
+            gbps, pct = nbytes / (us * 1e-6) / 1e9, 100 * floor_us / us
+            rows.append({"batch": B, "line": line, "us_per_step": us, "GBps": gbps, "pct_floor": pct,
+                         "floor_bytes": nbytes, "floor_us": floor_us})
+            trow[line] = "–" if math.isnan(us) else f"{gbps:.0f} ({pct:.0f}%)"
+        table.append(trow)
+    print(f"\nGB/s of the floor bytes (% of the floor at {HBM_BYTES_PER_S / 1e12:.1f} TB/s):")
+    print(markdown_table(table, ["batch", "floor µs", *args.lines]))
+    if bench.notes:
+        print("\nnotes:\n" + "\n".join(f"  {n}" for n in bench.notes))
+    if args.json:
+        settings = {k: v for k, v in vars(args).items() if k not in ("json", "plot", "profile")}
+        path = write_results(name, rows, sys.argv, results_dir=RESULTS_DIR,
+                             extra={"settings": {**settings, "K": K}, "HBM_bytes_per_s": HBM_BYTES_PER_S,
+                                    "timing": "do_bench median of a 16-step cycle / 16", "notes": bench.notes})
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""CPU smoke tests of the benchmark helpers and scripts (the timings themselves need a GPU)."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ttt_kernels.utils.benchmarking import (HBM_BYTES_PER_S, decode_floor_bytes, environment_info, markdown_table,
+                                            write_results)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(*args, timeout=120):
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_decode_floor_bytes():
+    # mlp_1, fp16 state and activations: (64*64 + 64) * 2 B of weights + 4 * 64 * 2 B of q, k, v, out per head
+    assert decode_floor_bytes("mlp_1", 2, 3, 64, torch.float16, torch.float16) == 2 * 3 * (8320 + 512)
+    # mlp_2, fp32 state, fp16 activations: (2*64*256 + 256 + 64) * 4 B + 512 B per head
+    assert decode_floor_bytes("mlp_2", 1, 1, 64, "fp32", "fp16") == 132352 + 512
+    # the design note: B=512, H=32, f=64, fp16 TTT-MLP weights 1.07 GB (358 µs) + q, k, v, out
+    nbytes = decode_floor_bytes("mlp_2", 512, 32, 64, "fp16", "fp16")
+    assert nbytes == 512 * 32 * (2 * (2 * 64 * 256 + 320) + 512)
+    assert 1e6 * nbytes / HBM_BYTES_PER_S == pytest.approx(364.2, abs=0.1)
+    with pytest.raises(ValueError):
+        decode_floor_bytes("mlp_3", 1, 1, 64, "fp16", "fp16")
+
+
+def test_write_results_round_trip(tmp_path):
+    rows = [{"batch": 1, "line": "dual", "us": 1.5}, {"batch": 2, "line": "dual", "us": math.nan}]
+    path = write_results("unit", rows, ["bench.py", "--json"], extra={"notes": ["n"]}, results_dir=tmp_path)
+    assert path == tmp_path / "unit.json"
+    data = json.loads(path.read_text())
+    assert data["command"] == "python bench.py --json"
+    assert data["rows"] == [rows[0], {"batch": 2, "line": "dual", "us": None}]  # NaN -> null: strict JSON
+    assert data["notes"] == ["n"] and data["timestamp"]
+    assert data["environment"]["torch"] == torch.__version__
+    assert set(environment_info()) >= {"gpu", "torch", "triton", "cuda", "python"}
+    # a path ending in .json is written as given (mamba_step_benchmark's --json PATH)
+    p2 = write_results(str(tmp_path / "sub" / "x.json"), {"meta": {}, "rows": []})
+    assert json.loads(p2.read_text())["rows"] == {"meta": {}, "rows": []}
+
+
+def test_markdown_table():
+    t = markdown_table([{"B": 1, "us": 2.0}, {"B": 4, "us": math.nan}], ["B", ("us", "µs")], fmt=".1f")
+    assert t.splitlines() == ["| B | µs |", "|---:|---:|", "| 1 | 2.0 |", "| 4 | – |"]
+
+
+def test_micro_benchmark_help():
+    r = run_script("benchmarks/micro_benchmark.py", "--help")
+    assert r.returncode == 0, r.stderr
+    assert "nsys profile --capture-range=cudaProfilerApi" in r.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit")
+def test_micro_benchmark_without_gpu_exits_2():
+    r = run_script("benchmarks/micro_benchmark.py", "--batch", "1")
+    assert r.returncode == 2 and "CUDA" in r.stderr
+
+
+def test_numerics_drift_cpu(tmp_path):
+    try:
+        from ttt_kernels.ops.ttt_linear import ttt_linear_decode_dual  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"dual kernel not importable yet: {e}")
+    r = run_script("benchmarks/numerics_drift.py", "--device", "cpu", "--steps", 17, "--batch", 1, "--heads", 1,
+                   "--inner_net", "mlp_1", "--results_dir", tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    data = json.loads((tmp_path / "numerics_drift_mlp_1.json").read_text())
+    assert {(r["config"], r["step"]) for r in data["rows"]} == {(c, s) for c in ("fp16/fp16", "bf16/bf16",
+                                                                                 "fp32/fp32", "fp32/fp16")
+                                                                for s in (16, 17)}
+    for row in data["rows"]:
+        assert 0 <= row["out_rel_err"] < 2e-2 and 0 <= row["W_rel_err"] < 2e-2, row
+    assert "| 16 |" in r.stdout
