@@ -1,4 +1,6 @@
 from .decode_dual import ttt_mlp_decode_dual
+from .decode_primal import ttt_mlp_decode_primal
 from .naive import ttt_mlp_decode_dual_ref, ttt_mlp_decode_primal_ref, ttt_mlp_minibatch_dual_ref
 
-__all__ = ["ttt_mlp_decode_dual", "ttt_mlp_decode_dual_ref", "ttt_mlp_decode_primal_ref", "ttt_mlp_minibatch_dual_ref"]
+__all__ = ["ttt_mlp_decode_dual", "ttt_mlp_decode_primal", "ttt_mlp_decode_dual_ref", "ttt_mlp_decode_primal_ref",
+           "ttt_mlp_minibatch_dual_ref"]
