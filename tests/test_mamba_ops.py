@@ -192,7 +192,8 @@ def test_mixer_step_equals_prefill(use_triton, device):
     cache_s = m.allocate_inference_cache(B)
     y_s = torch.stack([m.step(hidden[:, t], cache_s) for t in range(T)], dim=1)
     assert_rel(y_s, y_p, 1e-4, "stepped vs prefilled outputs")
-    assert torch.equal(cache_s[0], cache_p[0])
+    # the conv state holds in_proj outputs: on the GPU the [B*T, d] and [B, d] GEMMs round differently
+    assert_rel(cache_s[0], cache_p[0], 1e-5, "conv state")
     assert_rel(cache_s[1], cache_p[1], 1e-4, "ssm state")
 
 
