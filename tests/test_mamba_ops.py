@@ -59,7 +59,7 @@ def poisoned(B, d, dtype, device):
 
 @pytest.mark.parametrize("dtype", ACT)
 def test_conv_update_matches_ref(dtype, device):
-    B, d, K = 3, 80, 4
+    B, d = 3, 80
     w, b = make_params(d, dtype=dtype, device=device)[:2]
     cs, _ = make_states(B, d, act=dtype, device=device)
     cs64 = cs.double()

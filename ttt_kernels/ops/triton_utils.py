@@ -80,3 +80,43 @@ def ln_l2_grad_rows(z, target, gamma, beta, cols, F: tl.constexpr):
     s2 = tl.sum(g_hat * x_hat, axis=1)
     grad = (F * g_hat - s1[:, None] - x_hat * s2[:, None]) * (rstd[:, None] / F)
     return tl.where(cols[None, :], grad, 0.0)
+
+
+@triton.jit
+def load_token(q_ptr, k_ptr, v_ptr, lr_ptr, pos_ptr, ln_w_ptr, ln_b_ptr, tib_ptr, bh, cols, cm,
+               H: tl.constexpr, F: tl.constexpr, K: tl.constexpr):
+    """The step's inputs for head ``bh`` (= sequence * H + head), in fp32: the token's
+    index ``t`` in its mini-batch, ``eta_t = max(0, 1/(t+1) + token_idx_bias[t])``,
+    ``q, k, v``, ``lr`` and the TTT norm's ``gamma, beta`` (zero in padded columns)."""
+    h = bh % H
+    t = (tl.load(pos_ptr + bh // H) % K).to(tl.int32)
+    eta = tl.maximum(1.0 / (t + 1).to(tl.float32) + tl.load(tib_ptr + t).to(tl.float32), 0.0)
+    q = tl.load(q_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
+    k = tl.load(k_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
+    v = tl.load(v_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
+    lr = tl.load(lr_ptr + bh).to(tl.float32)
+    gamma = tl.load(ln_w_ptr + h * F + cols, mask=cm, other=0.0).to(tl.float32)
+    beta = tl.load(ln_b_ptr + h * F + cols, mask=cm, other=0.0).to(tl.float32)
+    return t, eta, q, k, v, lr, gamma, beta
+
+
+@triton.jit
+def load_minibatch_rows(kc_ptr, vc_ptr, lrc_ptr, bh, t, k, v, lr, cols, cm, F: tl.constexpr, K: tl.constexpr):
+    """The dual state's mini-batch so far as ``[K, BF]`` rows (fp32): cached rows ``j < t``
+    and the current token at row ``t``; rows ``j > t`` get lr 0, so they contribute nothing."""
+    rows = tl.arange(0, K)
+    row_off = bh * K * F + rows[:, None] * F + cols[None, :]
+    cached = (rows[:, None] < t) & cm[None, :]
+    at_t = rows[:, None] == t
+    kr = tl.where(at_t, k[None, :], tl.load(kc_ptr + row_off, mask=cached, other=0.0).to(tl.float32))
+    vr = tl.where(at_t, v[None, :], tl.load(vc_ptr + row_off, mask=cached, other=0.0).to(tl.float32))
+    lrr = tl.load(lrc_ptr + bh * K + rows, mask=rows < t, other=0.0)
+    return kr, vr, tl.where(rows == t, lr, lrr)
+
+
+@triton.jit
+def store_cache_row(kc_ptr, vc_ptr, lrc_ptr, bh, t, k, v, lr, cols, cm, F: tl.constexpr, K: tl.constexpr):
+    """Append the current token to the dual state's mini-batch cache (row ``t``)."""
+    tl.store(kc_ptr + bh * K * F + t * F + cols, k.to(kc_ptr.dtype.element_ty), mask=cm)
+    tl.store(vc_ptr + bh * K * F + t * F + cols, v.to(vc_ptr.dtype.element_ty), mask=cm)
+    tl.store(lrc_ptr + bh * K + t, lr)

@@ -12,7 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import dot_config, layer_norm_rows, ln_l2_grad_rows, vec_mat
+from ..triton_utils import (dot_config, layer_norm_rows, ln_l2_grad_rows, load_minibatch_rows,
+                            load_token, store_cache_row, vec_mat)
 from ..ttt_state import TTTDualState, check_decode_args, check_out
 
 
@@ -23,29 +24,15 @@ def ttt_linear_decode_dual_kernel(
     H: tl.constexpr, F: tl.constexpr, BF: tl.constexpr, K: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    bh = tl.program_id(0).to(tl.int64)
-    h = bh % H
-    rows = tl.arange(0, K)
+    bh = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B*H*f*4f overflows int32
     cols = tl.arange(0, BF)
-    cm = cols < F
-    t = (tl.load(pos_ptr + bh // H) % K).to(tl.int32)
-    eta = tl.maximum(1.0 / (t + 1).to(tl.float32) + tl.load(tib_ptr + t).to(tl.float32), 0.0)
+    cm = cols < F  # real features (f = 96 runs in a 128-wide block)
+    t, eta, q, k, v, lr, gamma, beta = load_token(q_ptr, k_ptr, v_ptr, lr_ptr, pos_ptr, ln_w_ptr, ln_b_ptr, tib_ptr,
+                                                  bh, cols, cm, H, F, K)
 
-    q = tl.load(q_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
-    k = tl.load(k_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
-    v = tl.load(v_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
-    lr = tl.load(lr_ptr + bh).to(tl.float32)
-    gamma = tl.load(ln_w_ptr + h * F + cols, mask=cm, other=0.0).to(tl.float32)
-    beta = tl.load(ln_b_ptr + h * F + cols, mask=cm, other=0.0).to(tl.float32)
 
-    # the mini-batch so far: cached rows j < t, the current token at row t
-    row_off = bh * K * F + rows[:, None] * F + cols[None, :]
-    cached = (rows[:, None] < t) & cm[None, :]
-    at_t = rows[:, None] == t
-    kr = tl.where(at_t, k[None, :], tl.load(kc_ptr + row_off, mask=cached, other=0.0).to(tl.float32))
-    vr = tl.where(at_t, v[None, :], tl.load(vc_ptr + row_off, mask=cached, other=0.0).to(tl.float32))
-    lrr = tl.load(lrc_ptr + bh * K + rows, mask=rows < t, other=0.0)
-    lrr = tl.where(rows == t, lr, lrr)  # rows j > t stay 0: they contribute nothing
+    # the mini-batch so far (rows j > t carry lr 0)
+    kr, vr, lrr = load_minibatch_rows(kc_ptr, vc_ptr, lrc_ptr, bh, t, k, v, lr, cols, cm, F, K)
 
     w_off = bh * F * F + cols[:, None] * F + cols[None, :]
     w_mask = cm[:, None] & cm[None, :]
@@ -68,9 +55,7 @@ def ttt_linear_decode_dual_kernel(
         tl.store(W_ptr + w_off, W_new.to(W_ptr.dtype.element_ty), mask=w_mask)
         tl.store(b_ptr + bh * F + cols, (b - eta * tl.sum(G, axis=0)).to(b_ptr.dtype.element_ty), mask=cm)
     else:
-        tl.store(kc_ptr + bh * K * F + t * F + cols, k.to(kc_ptr.dtype.element_ty), mask=cm)
-        tl.store(vc_ptr + bh * K * F + t * F + cols, v.to(vc_ptr.dtype.element_ty), mask=cm)
-        tl.store(lrc_ptr + bh * K + t, lr)
+        store_cache_row(kc_ptr, vc_ptr, lrc_ptr, bh, t, k, v, lr, cols, cm, F, K)
 
 
 def _launch_config(f: int) -> dict:

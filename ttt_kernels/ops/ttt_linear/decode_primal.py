@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import layer_norm_rows, ln_l2_grad_rows
+from ..triton_utils import layer_norm_rows, ln_l2_grad_rows, load_token
 from ..ttt_state import TTTPrimalState, check_decode_args, check_out
 
 
@@ -30,19 +30,12 @@ def ttt_linear_decode_primal_kernel(
     W_ptr, b_ptr, Wg_ptr, bg_ptr,
     H: tl.constexpr, F: tl.constexpr, BF: tl.constexpr, K: tl.constexpr,
 ):
-    bh = tl.program_id(0).to(tl.int64)  # 64-bit: B*H*F*F overflows int32 at large batches
-    h = bh % H
+    bh = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B*H*f*4f overflows int32
     cols = tl.arange(0, BF)
     cm = cols < F  # real features (f = 96 runs in a 128-wide block)
-    t = (tl.load(pos_ptr + bh // H) % K).to(tl.int32)
-    eta = tl.maximum(1.0 / (t + 1).to(tl.float32) + tl.load(tib_ptr + t).to(tl.float32), 0.0)
+    t, eta, q, k, v, lr, gamma, beta = load_token(q_ptr, k_ptr, v_ptr, lr_ptr, pos_ptr, ln_w_ptr, ln_b_ptr, tib_ptr,
+                                                  bh, cols, cm, H, F, K)
 
-    q = tl.load(q_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
-    k = tl.load(k_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
-    v = tl.load(v_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
-    lr = tl.load(lr_ptr + bh).to(tl.float32)
-    gamma = tl.load(ln_w_ptr + h * F + cols, mask=cm, other=0.0).to(tl.float32)
-    beta = tl.load(ln_b_ptr + h * F + cols, mask=cm, other=0.0).to(tl.float32)
 
     w_off = bh * F * F + cols[:, None] * F + cols[None, :]
     w_mask = cm[:, None] & cm[None, :]

@@ -21,7 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import dot_config, gelu_tanh, gelu_tanh_grad, layer_norm_rows, ln_l2_grad_rows, vec_mat
+from ..triton_utils import (dot_config, gelu_tanh, gelu_tanh_grad, layer_norm_rows,
+                            ln_l2_grad_rows, load_minibatch_rows, load_token, store_cache_row, vec_mat)
 from ..ttt_state import TTTDualState, check_decode_args, check_out
 
 
@@ -72,31 +73,17 @@ def ttt_mlp_decode_dual_kernel(
     H: tl.constexpr, F: tl.constexpr, BF: tl.constexpr, FH: tl.constexpr, BH: tl.constexpr, K: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    bh = tl.program_id(0).to(tl.int64)
-    h = bh % H
-    rows = tl.arange(0, K)
+    bh = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B*H*f*4f overflows int32
     cols = tl.arange(0, BF)
-    cm = cols < F
-    t = (tl.load(pos_ptr + bh // H) % K).to(tl.int32)
-    eta = tl.maximum(1.0 / (t + 1).to(tl.float32) + tl.load(tib_ptr + t).to(tl.float32), 0.0)
+    cm = cols < F  # real features (f = 96 runs in a 128-wide block)
+    t, eta, q, k, v, lr, gamma, beta = load_token(q_ptr, k_ptr, v_ptr, lr_ptr, pos_ptr, ln_w_ptr, ln_b_ptr, tib_ptr,
+                                                  bh, cols, cm, H, F, K)
     is_last = t == K - 1
 
-    q = tl.load(q_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
-    k = tl.load(k_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
-    v = tl.load(v_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
-    lr = tl.load(lr_ptr + bh).to(tl.float32)
-    gamma = tl.load(ln_w_ptr + h * F + cols, mask=cm, other=0.0).to(tl.float32)
-    beta = tl.load(ln_b_ptr + h * F + cols, mask=cm, other=0.0).to(tl.float32)
     b2 = tl.load(b2_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
 
-    # the mini-batch so far: cached rows j < t, the current token at row t
-    row_off = bh * K * F + rows[:, None] * F + cols[None, :]
-    cached = (rows[:, None] < t) & cm[None, :]
-    at_t = rows[:, None] == t
-    kr = tl.where(at_t, k[None, :], tl.load(kc_ptr + row_off, mask=cached, other=0.0).to(tl.float32))
-    vr = tl.where(at_t, v[None, :], tl.load(vc_ptr + row_off, mask=cached, other=0.0).to(tl.float32))
-    lrr = tl.load(lrc_ptr + bh * K + rows, mask=rows < t, other=0.0)
-    lrr = tl.where(rows == t, lr, lrr)  # rows j > t stay 0: they contribute nothing
+    # the mini-batch so far (rows j > t carry lr 0)
+    kr, vr, lrr = load_minibatch_rows(kc_ptr, vc_ptr, lrc_ptr, bh, t, k, v, lr, cols, cm, F, K)
     kd = kr.to(DOT_DTYPE)
     attn1 = tl.sum(kr * q[None, :], axis=1) + 1.0  # q.k_j + 1
 
@@ -127,9 +114,7 @@ def ttt_mlp_decode_dual_kernel(
     if is_last:
         tl.store(b2_ptr + bh * F + cols, (b2 - eta * tl.sum(G2, axis=0)).to(b2_ptr.dtype.element_ty), mask=cm)
     else:
-        tl.store(kc_ptr + bh * K * F + t * F + cols, k.to(kc_ptr.dtype.element_ty), mask=cm)
-        tl.store(vc_ptr + bh * K * F + t * F + cols, v.to(vc_ptr.dtype.element_ty), mask=cm)
-        tl.store(lrc_ptr + bh * K + t, lr)
+        store_cache_row(kc_ptr, vc_ptr, lrc_ptr, bh, t, k, v, lr, cols, cm, F, K)
 
 
 def ttt_mlp_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state: TTTDualState,

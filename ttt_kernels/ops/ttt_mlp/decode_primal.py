@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import gelu_tanh, gelu_tanh_grad, layer_norm_rows, ln_l2_grad_rows
+from ..triton_utils import gelu_tanh, gelu_tanh_grad, layer_norm_rows, ln_l2_grad_rows, load_token
 from ..ttt_state import TTTPrimalState, check_decode_args, check_out
 
 
@@ -38,12 +38,11 @@ def ttt_mlp_decode_primal_kernel(
     W1_ptr, b1_ptr, W2_ptr, b2_ptr, W1g_ptr, b1g_ptr, W2g_ptr, b2g_ptr,
     H: tl.constexpr, F: tl.constexpr, BF: tl.constexpr, FH: tl.constexpr, BH: tl.constexpr, K: tl.constexpr,
 ):
-    bh = tl.program_id(0).to(tl.int64)  # 64-bit: B*H*F*4F overflows int32 at large batches
-    h = bh % H
+    bh = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B*H*f*4f overflows int32
     cols = tl.arange(0, BF)
     cm = cols < F  # real features (f = 96 runs in a 128-wide block)
-    t = (tl.load(pos_ptr + bh // H) % K).to(tl.int32)
-    eta = tl.maximum(1.0 / (t + 1).to(tl.float32) + tl.load(tib_ptr + t).to(tl.float32), 0.0)
+    t, eta, q, k, v, lr, gamma, beta = load_token(q_ptr, k_ptr, v_ptr, lr_ptr, pos_ptr, ln_w_ptr, ln_b_ptr, tib_ptr,
+                                                  bh, cols, cm, H, F, K)
     is_last = t == K - 1
     # at t = 0 the gradient buffers hold the previous mini-batch's sums (or garbage): they
     # are not read at all, so they count as zero even if they hold NaN/inf. (The masks take
@@ -51,12 +50,6 @@ def ttt_mlp_decode_primal_kernel(
     # tensor & scalar-bool into an int32 mask, which tl.load rejects.)
     has_grad = t > 0
 
-    q = tl.load(q_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
-    k = tl.load(k_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
-    v = tl.load(v_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
-    lr = tl.load(lr_ptr + bh).to(tl.float32)
-    gamma = tl.load(ln_w_ptr + h * F + cols, mask=cm, other=0.0).to(tl.float32)
-    beta = tl.load(ln_b_ptr + h * F + cols, mask=cm, other=0.0).to(tl.float32)
     b2 = tl.load(b2_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
 
     # pass 1: z2 = gelu(k W1 + b1) W2 + b2, chunk by chunk over the hidden dim
