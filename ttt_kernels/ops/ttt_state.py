@@ -114,9 +114,11 @@ def _check_tensor(name: str, t, shape, dtypes, device, contiguous: bool = True) 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def check_decode_args(inner_net: str, q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state,
-                      check_positions: bool, float64_ok: bool = False):
-    """Validate a decode step's arguments before anything is written; returns (B, H, f, K).
+def check_decode_args(inner_net: str, state_type: type, q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias,
+                      state, out, check_positions: bool, float64_ok: bool = False):
+    """Validate a decode step's arguments before anything is written.
+
+    Returns ``(B, H, f, K, out)``, ``out`` being the given output buffer or a new one.
 
     ``check_positions`` reads ``pos`` back to the host (a synchronisation), so callers
     that own the positions (the modules, CUDA-graph replays) check them once and pass False.
@@ -140,6 +142,8 @@ def check_decode_args(inner_net: str, q, k, v, lr, pos, ln_weight, ln_bias, toke
         raise ValueError(f"token_idx_bias: the mini-batch size K must be a power of two, got {K}")
     _check_tensor("token_idx_bias", token_idx_bias, (K,), FLOAT_DTYPES, dev)
 
+    if not isinstance(state, state_type):
+        raise TypeError(f"state must be a {state_type.__name__}, got {type(state).__name__}")
     shapes = inner_net_shapes(inner_net, f)
     state_dtypes = STATE_DTYPES + ((torch.float64,) if float64_ok else ())
     if isinstance(state, TTTDualState):
@@ -173,7 +177,7 @@ def check_decode_args(inner_net: str, q, k, v, lr, pos, ln_weight, ln_bias, toke
             raise ValueError(f"pos must be >= 0, got min {lo.item()}")
         if hi.item() >= 2**31 - 1:
             raise ValueError(f"pos must be < 2**31 - 1, got max {hi.item()}")
-    return B, H, f, K
+    return B, H, f, K, check_out(out, q)
 
 
 def check_out(out, q: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import triton.language as tl
 
 from ..triton_utils import (dot_config, layer_norm_rows, ln_l2_grad_rows, load_minibatch_rows,
                             load_token, store_cache_row, vec_mat)
-from ..ttt_state import TTTDualState, check_decode_args, check_out
+from ..ttt_state import TTTDualState, check_decode_args
 
 
 @triton.jit
@@ -71,11 +71,8 @@ def ttt_linear_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias,
     ``q, k, v [B, H, f]``, ``lr [B, H]``, ``pos [B]`` (absolute positions; not advanced
     here), ``ln_weight, ln_bias [H, f]``, ``token_idx_bias [K]``.
     """
-    if not isinstance(state, TTTDualState):
-        raise TypeError(f"state must be a TTTDualState, got {type(state).__name__}")
-    B, H, f, K = check_decode_args("mlp_1", q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state,
-                                   check_positions)
-    out = check_out(out, q)
+    B, H, f, K, out = check_decode_args("mlp_1", TTTDualState, q, k, v, lr, pos, ln_weight, ln_bias,
+                                        token_idx_bias, state, out, check_positions)
     W, b = state.weights
     BF = triton.next_power_of_2(f)
     dot_dtype, dot_prec = dot_config(W.dtype)

@@ -23,7 +23,7 @@ import triton.language as tl
 
 from ..triton_utils import (dot_config, gelu_tanh, gelu_tanh_grad, layer_norm_rows,
                             ln_l2_grad_rows, load_minibatch_rows, load_token, store_cache_row, vec_mat)
-from ..ttt_state import TTTDualState, check_decode_args, check_out
+from ..ttt_state import TTTDualState, check_decode_args
 
 
 @triton.jit
@@ -124,11 +124,8 @@ def ttt_mlp_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, st
     ``q, k, v [B, H, f]``, ``lr [B, H]``, ``pos [B]`` (absolute positions; not advanced
     here), ``ln_weight, ln_bias [H, f]``, ``token_idx_bias [K]``.
     """
-    if not isinstance(state, TTTDualState):
-        raise TypeError(f"state must be a TTTDualState, got {type(state).__name__}")
-    B, H, f, K = check_decode_args("mlp_2", q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state,
-                                   check_positions)
-    out = check_out(out, q)
+    B, H, f, K, out = check_decode_args("mlp_2", TTTDualState, q, k, v, lr, pos, ln_weight, ln_bias,
+                                        token_idx_bias, state, out, check_positions)
     W1, b1, W2, b2 = state.weights
     BF = triton.next_power_of_2(f)
     FH = 4 * f

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import gelu_tanh, gelu_tanh_grad, layer_norm_rows, ln_l2_grad_rows, load_token
-from ..ttt_state import TTTPrimalState, check_decode_args, check_out
+from ..ttt_state import TTTPrimalState, check_decode_args
 
 
 @triton.jit
@@ -137,11 +137,8 @@ def ttt_mlp_decode_primal(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, 
     here), ``ln_weight, ln_bias [H, f]``, ``token_idx_bias [K]``. Every argument is checked
     before the launch, so a rejected call leaves ``state`` untouched.
     """
-    B, H, f, K = check_decode_args("mlp_2", q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state,
-                                   check_positions)
-    if not isinstance(state, TTTPrimalState):
-        raise TypeError(f"state must be a TTTPrimalState, got {type(state).__name__}")
-    out = check_out(out, q)
+    B, H, f, K, out = check_decode_args("mlp_2", TTTPrimalState, q, k, v, lr, pos, ln_weight, ln_bias,
+                                        token_idx_bias, state, out, check_positions)
     ttt_mlp_decode_primal_kernel[(B * H,)](
         q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, out,
         *state.weights, *state.grads,

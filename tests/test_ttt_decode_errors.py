@@ -1,0 +1,88 @@
+"""Rejected decode calls raise a clear error naming the argument, before anything is
+written: the state stays bit-identical. Same checks for every TTT kernel."""
+
+import re
+
+import pytest
+import torch
+from ttt_helpers import random_dual_state, random_layer, random_primal_state, random_token
+
+from ttt_kernels.ops.ttt_linear import ttt_linear_decode_dual, ttt_linear_decode_primal
+from ttt_kernels.ops.ttt_mlp import ttt_mlp_decode_dual, ttt_mlp_decode_primal
+from ttt_kernels.ops.ttt_state import TTTDualState, TTTPrimalState
+
+F16, F32 = torch.float16, torch.float32
+K = 16
+KERNELS = {("mlp_1", "dual"): ttt_linear_decode_dual, ("mlp_2", "dual"): ttt_mlp_decode_dual,
+           ("mlp_1", "primal"): ttt_linear_decode_primal, ("mlp_2", "primal"): ttt_mlp_decode_primal}
+
+# case -> (error type, text the message must contain)
+CASES = {
+    "k_shape": (ValueError, "k must have shape"),
+    "lr_shape": (ValueError, "lr must have shape"),
+    "v_dtype": (TypeError, "v must have dtype"),
+    "pos_dtype": (TypeError, "pos must have dtype"),
+    "negative_pos": (ValueError, "pos must be >= 0"),
+    "ln_weight_device": (ValueError, "ln_weight must be on"),
+    "wrong_state_kind": (TypeError, "state must be a"),
+    "state_heads": (ValueError, "state.weights[0] must have shape"),
+    "state_not_contiguous": (ValueError, "state.weights[0] must be contiguous"),
+    "state_mixed_dtypes": (TypeError, "state.weights[1] must have dtype"),
+    "out_dtype": (TypeError, "out must have dtype"),
+    "out_strided": (ValueError, "out must be contiguous"),
+}
+
+
+def make_call(inner_net, form, B=2, H=2, f=64):
+    gen = torch.Generator().manual_seed(30)
+    params, ln_w, ln_b, tib = random_layer(inner_net, H, f, K, gen=gen)
+    state = (random_dual_state(params, B, K, F16, F16, gen=gen) if form == "dual"
+             else random_primal_state(params, B, F16, gen=gen))
+    q, k, v, lr = random_token(B, H, f, F16, gen=gen)
+    return dict(q=q, k=k, v=v, lr=lr, pos=torch.tensor([3, 20]), ln_weight=ln_w.float(), ln_bias=ln_b.float(),
+                token_idx_bias=tib.float(), state=state, out=None), params
+
+
+def break_call(case, a, params, form):
+    B, H, f = a["q"].shape
+    st = a["state"]
+    if case == "k_shape":
+        a["k"] = a["k"][:, :, :32].contiguous()
+    elif case == "lr_shape":
+        a["lr"] = a["lr"][:, :1].contiguous()
+    elif case == "v_dtype":
+        a["v"] = a["v"].float()
+    elif case == "pos_dtype":
+        a["pos"] = a["pos"].float()
+    elif case == "negative_pos":
+        a["pos"] = torch.tensor([3, -1])
+    elif case == "ln_weight_device":
+        a["ln_weight"] = a["ln_weight"].to("meta")
+    elif case == "wrong_state_kind":  # right shapes, the other form's state
+        a["state"] = (TTTPrimalState.from_params(params, B, F16) if form == "dual"
+                      else TTTDualState.from_params(params, B, K, F16, F16))
+    elif case == "state_heads":
+        st.weights[0] = st.weights[0][:, :1].contiguous()
+    elif case == "state_not_contiguous":
+        w = st.weights[0]
+        st.weights[0] = torch.empty(*w.shape[:-1], 2 * w.shape[-1], dtype=w.dtype)[..., ::2]
+        st.weights[0].copy_(w)
+    elif case == "state_mixed_dtypes":
+        st.weights[1] = st.weights[1].float()
+    elif case == "out_dtype":
+        a["out"] = torch.empty_like(a["q"], dtype=F32)
+    elif case == "out_strided":
+        a["out"] = torch.empty(B, H, 2 * f, dtype=a["q"].dtype)[..., ::2]
+
+
+@pytest.mark.parametrize("inner_net,form", list(KERNELS), ids=lambda x: str(x))
+@pytest.mark.parametrize("case", list(CASES))
+def test_rejected_call_leaves_state_untouched(inner_net, form, case):
+    a, params = make_call(inner_net, form)
+    break_call(case, a, params, form)
+    before = [x.clone() for x in a["state"].tensors()]
+    err, text = CASES[case]
+    with pytest.raises(err, match=re.escape(text)):
+        KERNELS[inner_net, form](**a)
+    for x, x0 in zip(a["state"].tensors(), before):
+        assert torch.equal(x, x0)
