@@ -1,0 +1,90 @@
+"""The whole-model benchmark, parity and trace-summary scripts, run as a user runs them (CPU)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+def run(script, *args, env=None, cwd=None):
+    return subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, cwd=cwd, timeout=300)
+
+
+def test_decode_benchmark_cpu_smoke(tmp_path):
+    r = run("benchmark_prefill_decode.py", "--device", "cpu", "--model-name", "ttt-tiny", "--mode", "decode",
+            "--batch", "2", "--genlen", "20", "--inner_net", "mlp_2_dual", "--logdir", tmp_path, "--profile",
+            "--profile_steps", "2")
+    assert r.returncode == 0, r.stderr
+    assert "not a performance figure" in r.stdout
+    assert "| run | batch | total tok/s | per-stream tok/s | decode_s | mem_used_gib |" in r.stdout
+    row = next(line for line in r.stdout.splitlines() if line.startswith("| ttt-tiny mlp_2_dual eager | 2 |"))
+    assert row.rstrip().endswith("| ok (cpu) |")
+    assert "max stable batch 2" in r.stdout
+    assert list(tmp_path.glob("*.log")) and list(tmp_path.glob("trace_*.json")) and list(tmp_path.glob("trace_*.stacks"))
+    # the trace it wrote (CPU operators only) summarises too
+    s = run("trace_summary.py", next(tmp_path.glob("trace_*.json")), "--top", "5")
+    assert s.returncode == 0, s.stderr
+    assert "CPU time in trace" in s.stdout
+
+
+def test_prefill_benchmark_and_parity_cpu_smoke(tmp_path):
+    r = run("benchmark_prefill_decode.py", "--device", "cpu", "--model-name", "ttt-tiny", "--mode", "prefill",
+            "--batch", "1", "2", "--promptlen", "18", "--inner_net", "mlp_1_dual", "--logdir", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "| prefill_s |" in r.stdout and r.stdout.count("| ok (cpu) |") == 2
+    p = run("parity.py", "--device", "cpu", "--model-name", "ttt-tiny", "--batch", "2", "--genlen", "6",
+            "--inner_net", "mlp_2_primal")
+    assert p.returncode == 0, p.stderr
+    assert "| mlp_2_primal | mlp_2_dual |" in p.stdout and "teacher-forced" in p.stdout
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-GPU message")
+def test_benchmark_without_gpu_says_so():
+    r = run("benchmark_prefill_decode.py", "--model-name", "ttt-tiny")
+    assert r.returncode == 2
+    assert "no CUDA GPU" in r.stderr and "--device cpu" in r.stderr
+
+
+def test_trace_summary_synthetic(tmp_path):
+    events = [
+        {"ph": "X", "cat": "kernel", "name": "ttt_mlp_decode_dual_kernel", "ts": 0, "dur": 300.0},
+        {"ph": "X", "cat": "kernel", "name": "ttt_mlp_decode_dual_kernel", "ts": 400, "dur": 300.0},
+        {"ph": "X", "cat": "kernel", "name": "sm90_xmma_gemm_f16f16_f32" + "x" * 200, "ts": 800, "dur": 150.0},
+        {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy DtoD (Device -> Device)", "ts": 1000, "dur": 50.0},
+        {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 9999.0},  # ignored: GPU events exist
+        {"ph": "i", "cat": "kernel", "name": "instant", "ts": 5},  # not a duration event
+    ]
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps({"traceEvents": events}))
+    r = run("trace_summary.py", path, "--width", "40")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("GPU time in trace: 0.800 ms over 4 events, 3 distinct names")
+    assert "75.0%" in lines[2] and "2" in lines[2].split() and lines[2].endswith("ttt_mlp_decode_dual_kernel")
+    assert "18.8%" in lines[3] and lines[3].endswith("...") and len(lines[3].split("  ")[-1]) <= 40
+    assert lines[4].endswith("[memcpy] Memcpy DtoD (Device -> Device)")
+
+
+def test_oom_is_recognised_through_a_failed_capture():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import benchmark_prefill_decode as bench
+    finally:
+        sys.path.remove(str(BENCH))
+    import torch
+    assert bench.is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    try:  # an allocation failure inside a graph capture resurfaces as another error at capture end
+        try:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        except torch.cuda.OutOfMemoryError:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+    except RuntimeError as e:
+        assert bench.is_oom(e)
+    assert not bench.is_oom(ValueError("bad shape"))

@@ -1,0 +1,281 @@
+"""Whole-model decode: every inner net against the PyTorch dual reference path, prefill vs
+token-by-token decode, save/load, generation; on the GPU, CUDA-graph vs eager generation.
+
+fp32 on the test device (the CPU with Triton's interpreter, or the GPU when there is one)."""
+
+import copy
+
+import pytest
+import torch
+
+from ttt_kernels.models.config import CONFIGS, get_config
+from ttt_kernels.models.ttt_lm import TTTLM
+from ttt_kernels.modules.ttt_layer import INNER_NETS, get_inner_net
+from ttt_kernels.utils.generation import DecodeStep, generate
+
+TRITON_NETS = [n for n in INNER_NETS if n.endswith("_triton")]
+F32 = torch.float32
+
+
+@pytest.fixture(autouse=True, scope="module")
+def exact_and_single_threaded():
+    # tiny tensors: one CPU thread is as fast, and does not slow to a crawl (spinning OpenMP
+    # workers) when other processes share the cores. On a GPU the fp32 comparisons need
+    # fp32 products, not TF32.
+    n, tf32 = torch.get_num_threads(), (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.set_num_threads(1)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.set_num_threads(n)
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+@torch.no_grad()
+def tiny_model(inner_net="mlp_2_dual", device="cpu", dtype=F32, seed=0):
+    """ttt-tiny with every parameter perturbed (a fresh init has zero biases, identity norms and
+    a small TTT learning rate, which would hide bugs in those paths)."""
+    model = TTTLM.from_name("ttt-tiny", device=device, dtype=dtype, inner_net=inner_net, ttt_base_lr=8.0)
+    g = torch.Generator().manual_seed(seed + 1)
+    inner = {id(p) for blk in model.layers for p in blk.mixer.inner_params()}
+    for p in model.parameters():
+        noise = torch.randn(p.shape, generator=g).to(p.device)
+        if id(p) in inner and p.dim() == 3:
+            p.copy_(noise * p.shape[1] ** -0.5)  # an inner net that does something
+        else:
+            p.add_((0.02 if p.dim() == 1 and p.shape[0] == 16 else 0.1) * noise)  # token_idx_bias: eta stays > 0
+    return model
+
+
+def with_inner_net(model, name):
+    other = copy.deepcopy(model)
+    other.set_inner_net(name)
+    return other
+
+
+def reference_for(name):
+    return f"{get_inner_net(name).inner}_dual"
+
+
+def rel_err(x, ref):
+    return ((x.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def load_op_or_skip(name):
+    try:
+        get_inner_net(name).load()
+    except ImportError as e:
+        pytest.skip(f"{name}: kernel not available yet ({e})")
+
+
+def conv_states(cache):
+    return [t for c in cache.layers for t in (c.pre_conv, c.mixer.q_conv, c.mixer.k_conv)]
+
+
+# ------------------------------------------------------------------ every inner net vs the reference
+
+@pytest.mark.parametrize("inner_net", [n for n in INNER_NETS if n not in ("mlp_1_dual", "mlp_2_dual")])
+def test_inner_net_matches_reference_path(inner_net, device):
+    """Ragged prompts (so the sequences sit at different mini-batch phases), then 40
+    teacher-forced steps: logits every step, conv states, and the TTT weights whenever a
+    sequence is at a mini-batch boundary (there primal and dual states hold the same weights);
+    dual states are compared whole at the end."""
+    load_op_or_skip(inner_net)
+    ref_model = tiny_model(reference_for(inner_net), device=device)
+    model = with_inner_net(ref_model, inner_net)
+    B, T, steps = 2, 6, 40
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, 512, (B, T), generator=g).to(device)
+    lengths = [6, 3]  # phases 6 and 3 after prefill: the boundaries fall on different steps
+    cache, ref_cache = model.allocate_inference_cache(B), ref_model.allocate_inference_cache(B)
+    logits, ref_logits = model.prefill(prompt, cache, lengths), ref_model.prefill(prompt, ref_cache, lengths)
+    assert rel_err(logits, ref_logits) < 1e-4
+    boundaries = 0
+    for _ in range(steps):
+        ids = ref_logits.argmax(-1)  # the same tokens go into both
+        logits, ref_logits = model.step(ids, cache), ref_model.step(ids, ref_cache)
+        assert rel_err(logits, ref_logits) < 1e-4
+        at_boundary = (cache.positions % 16 == 0).nonzero().flatten().tolist()
+        for c, rc in zip(cache.layers, ref_cache.layers):
+            for w, rw in zip(c.mixer.ttt.weights, rc.mixer.ttt.weights):
+                for b in at_boundary:
+                    assert rel_err(w[b], rw[b]) < 1e-4
+        boundaries += len(at_boundary)
+    assert boundaries == 4  # each sequence crossed two mini-batch boundaries
+    assert torch.equal(cache.positions, ref_cache.positions)
+    for s, rs in zip(conv_states(cache), conv_states(ref_cache)):
+        assert rel_err(s, rs) < 1e-5
+    if get_inner_net(inner_net).form == "dual":
+        for c, rc in zip(cache.layers, ref_cache.layers):
+            for t, rt in zip(c.mixer.ttt.tensors(), rc.mixer.ttt.tensors()):
+                assert rel_err(t, rt) < 1e-4
+
+
+# ------------------------------------------------------------------ prefill == token-by-token decode
+
+def live_state(cache, b):
+    """What decode reads of sequence ``b``'s cache: conv states, TTT weights, and the
+    mini-batch so far (dual: cache rows j < t; primal: the gradient sums, unless t = 0).
+    Rows beyond t are stale leftovers that no step reads."""
+    t = int(cache.positions[b] % 16)
+    out = [cache.positions[b]]
+    for c in cache.layers:
+        st = c.mixer.ttt
+        out += [c.pre_conv[b], c.mixer.q_conv[b], c.mixer.k_conv[b], *(w[b] for w in st.weights)]
+        if hasattr(st, "k_cache"):
+            out += [st.k_cache[b, :, :t], st.v_cache[b, :, :t], st.lr_cache[b, :, :t]]
+        elif t > 0:
+            out += [g[b] for g in st.grads]
+    return out
+
+
+def assert_same_state(cache, b, ref_cache, rb, tol=1e-5):
+    for x, r in zip(live_state(cache, b), live_state(ref_cache, rb), strict=True):
+        assert x.shape == r.shape
+        assert (x.double() - r.double()).norm() <= tol * max(r.double().norm(), 1e-30)
+
+
+def assert_caches_close(cache, ref_cache, tol=1e-5):
+    for b in range(cache.batch_size):
+        assert_same_state(cache, b, ref_cache, b, tol)
+
+
+def token_by_token(model, prompt, continuation):
+    """Step through the prompt one token at a time, then the continuation: logits after the
+    prompt's last token and after each continuation token, and the cache."""
+    cache = model.allocate_inference_cache(prompt.shape[0])
+    for i in range(prompt.shape[1]):
+        logits = model.step(prompt[:, i], cache)
+    out = [logits]
+    for ids in continuation.unbind(1):
+        out.append(model.step(ids, cache))
+    return out, cache
+
+
+def prefill_then_decode(model, prompt, continuation, lengths=None):
+    cache = model.allocate_inference_cache(prompt.shape[0])
+    out = [model.prefill(prompt, cache, lengths)]
+    for ids in continuation.unbind(1):
+        out.append(model.step(ids, cache))
+    return out, cache
+
+
+@pytest.mark.parametrize("inner_net", ["mlp_2_dual", "mlp_1_primal"])
+@pytest.mark.parametrize("length", [1, 16, 21])
+def test_prefill_equals_token_by_token(inner_net, length, device):
+    # 16 and 21 run their first mini-batch in matrix form; 21 and 1 end mid-mini-batch
+    model = tiny_model(inner_net, device=device)
+    g = torch.Generator().manual_seed(length)
+    prompt = torch.randint(0, 512, (2, length), generator=g).to(device)
+    continuation = torch.randint(0, 512, (2, 20), generator=g).to(device)
+    out, cache = prefill_then_decode(model, prompt, continuation)
+    ref, ref_cache = token_by_token(model, prompt, continuation)
+    for x, r in zip(out, ref):
+        assert rel_err(x, r) < 1e-5
+    assert_caches_close(cache, ref_cache)
+
+
+def test_ragged_and_chunked_prefill(device):
+    """Ragged prompts in one batch equal each sequence prefilled alone, through decode; and a
+    prompt prefilled in two chunks equals it prefilled at once."""
+    model = tiny_model("mlp_2_dual", device=device)
+    g = torch.Generator().manual_seed(3)
+    lengths = [21, 1, 16]
+    prompt = torch.randint(0, 512, (3, 21), generator=g).to(device)
+    continuation = torch.randint(0, 512, (3, 18), generator=g).to(device)
+    out, cache = prefill_then_decode(model, prompt, continuation, lengths)
+    for b, n in enumerate(lengths):
+        ref, ref_cache = token_by_token(model, prompt[b:b + 1, :n], continuation[b:b + 1])
+        for x, r in zip(out, ref):
+            assert rel_err(x[b], r[0]) < 1e-5
+        assert_same_state(cache, b, ref_cache, 0)
+
+    one = model.allocate_inference_cache(3)
+    whole = model.prefill(prompt, one)
+    two = model.allocate_inference_cache(3)
+    model.prefill(prompt[:, :5], two)
+    chunked = model.prefill(prompt[:, 5:], two)
+    assert rel_err(chunked, whole) < 1e-5
+    assert_caches_close(two, one)
+
+
+# ------------------------------------------------------------------ configs, save/load, generation
+
+def test_named_configs_sizes():
+    """The 1B config's numbers the roofline uses: ~2.6 GB of fp16 weights, 50 MB of dual
+    fp16 TTT weights per sequence (primal: twice that); every config builds."""
+    for name in CONFIGS:
+        TTTLM(get_config(name), device="meta", dtype=torch.float16, init=False)
+    m = TTTLM(get_config("ttt-1b"), device="meta", dtype=torch.float16, init=False)
+    assert 2.5e9 < m.decode_weight_bytes() < 2.7e9
+    cache = m.allocate_inference_cache(1)
+    ttt_weights = sum(w.numel() * 2 for c in cache.layers for w in c.mixer.ttt.weights)
+    assert 50e6 < ttt_weights < 51e6
+    m.set_inner_net("mlp_2_primal")
+    assert 100e6 < m.allocate_inference_cache(1).nbytes() < 103e6
+    with pytest.raises(ValueError):
+        m.set_inner_net("mlp_1_dual")
+
+
+def test_save_load_round_trip(tmp_path, device):
+    model = tiny_model("mlp_2_dual", device=device)
+    model.save_pretrained(tmp_path / "m")
+    loaded = TTTLM.from_pretrained(tmp_path / "m", device=device)
+    assert loaded.config == model.config
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and v.dtype == v2.dtype and torch.equal(v, v2)
+    prompt = torch.randint(0, 512, (2, 7), generator=torch.Generator().manual_seed(0)).to(device)
+    a = model.prefill(prompt, model.allocate_inference_cache(2))
+    b = loaded.prefill(prompt, loaded.allocate_inference_cache(2))
+    assert torch.equal(a, b)
+    assert TTTLM.from_pretrained(tmp_path / "m", inner_net="mlp_2_primal").config.inner_net == "mlp_2_primal"
+    with pytest.raises(ValueError):
+        TTTLM.from_pretrained(tmp_path / "m", inner_net="mlp_1_dual")
+    # a fresh init is seeded: the same weights every time
+    assert torch.equal(TTTLM.from_name("ttt-tiny").embed_tokens.weight, TTTLM.from_name("ttt-tiny").embed_tokens.weight)
+
+
+def test_generate_eager_cpu():
+    model = tiny_model("mlp_2_dual")
+    prompt = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(1))
+    out = generate(model, prompt, max_length=9 + 12, cg=False, lengths=[9, 4], output_scores=True)
+    assert out.sequences.shape == (2, 21) and out.generated.shape == (2, 12) and len(out.scores) == 12
+    # by hand: prefill, then feed back the argmax
+    cache = model.allocate_inference_cache(2)
+    logits = model.prefill(prompt, cache, [9, 4])
+    for i in range(12):
+        ids = logits.argmax(-1)
+        assert torch.equal(ids, out.generated[:, i])
+        assert torch.allclose(logits.float(), out.scores[i])
+        logits = model.step(ids, cache)
+    # the stepper resets the cache after its warm-up steps
+    cache = model.allocate_inference_cache(2)
+    DecodeStep(model, cache, cg=False)
+    assert cache.positions.sum() == 0
+
+
+# ------------------------------------------------------------------ GPU: CUDA graphs
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("inner_net", TRITON_NETS)
+@pytest.mark.parametrize("promptlen", [1, 21])
+def test_cuda_graph_generation_equals_eager(inner_net, promptlen):
+    load_op_or_skip(inner_net)
+    model = tiny_model(inner_net, device="cuda", dtype=torch.float16)
+    B, n_new = 8, 64  # 63 replays of the graph: every mini-batch phase, 4 weight updates
+    prompt = torch.randint(0, 512, (B, promptlen), generator=torch.Generator().manual_seed(promptlen)).cuda()
+    lengths = None if promptlen == 1 else torch.tensor([21, 5, 16, 1, 21, 9, 13, 20])
+    eager = generate(model, prompt, promptlen + n_new, cg=False, lengths=lengths, output_scores=True)
+    graph = generate(model, prompt, promptlen + n_new, cg=True, lengths=lengths, output_scores=True)
+    assert torch.equal(eager.generated, graph.generated)
+    for a, b in zip(eager.scores, graph.scores):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.gpu
+def test_compiled_step_matches_eager():
+    model = tiny_model("mlp_2_dual_triton", device="cuda", dtype=torch.float16)
+    prompt = torch.randint(0, 512, (4, 3), generator=torch.Generator().manual_seed(0)).cuda()
+    eager = generate(model, prompt, 3 + 20, cg=False, output_scores=True)
+    compiled = generate(model, prompt, 3 + 20, cg=True, use_compile=True, output_scores=True)
+    # fused fp32 math may differ in the last bits: compare logits, not token streams
+    torch.testing.assert_close(eager.scores[1], compiled.scores[1], rtol=2e-2, atol=2e-2)

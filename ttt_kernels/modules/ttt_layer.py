@@ -1,0 +1,333 @@
+"""TTT mixer for decoding (no autograd): projections, q/k convs, rotary, the TTT op, gate and output.
+
+Per token ``x`` (the block's normed hidden state):
+
+    xqk, gate, v, lr_logit = in_proj(x)                 # one GEMM for all four
+    q = conv_q(xqk), k = conv_k(xqk)                    # causal depthwise, kernel 4, own weights
+    q, k = rotary(q, k, position mod K)                 # K = TTT mini-batch (16)
+    lr = base_lr * sigmoid(lr_logit + lr_bias) / f      # per head
+    z = TTT op(q, k, v, lr, ...)                        # q + LN(z_bar), per head
+    out = o_proj(gelu(gate) * post_norm(z))
+
+Decode and prefill use the *same* conv weights for k (the original inference code's
+decode path convolved k with conv_q's weights). With a fused-kernel inner net the conv
+steps are fused kernels too (``ops.mamba``'s conv step); the reference inner nets run
+everything in PyTorch.
+
+Which TTT op runs is the inner-net name, resolved in :data:`INNER_NETS`; ops are
+imported on first use, so a missing kernel never breaks ``import``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops.ttt_state import TTTDualState, TTTPrimalState, inner_net_shapes
+from ..ops.utils import gelu_tanh
+from .rotary import Rotary
+
+
+# ---------------------------------------------------------------- inner-net registry
+
+@dataclass(frozen=True)
+class InnerNet:
+    inner: str  # the math: "mlp_1" (TTT-Linear) or "mlp_2" (TTT-MLP)
+    form: str  # the state it runs on: "dual" (TTTDualState) or "primal" (TTTPrimalState)
+    module: str  # package the op is exported from
+    fn: str
+    kernel: bool  # a fused kernel: takes check_positions=, stays outside torch.compile
+
+    def load(self):
+        try:
+            mod = importlib.import_module(self.module)
+            if hasattr(mod, self.fn):
+                return getattr(mod, self.fn)
+            # exported by its own file before the package lists it
+            sub = "decode_primal" if "primal" in self.fn else "decode_dual"
+            return getattr(importlib.import_module(f"{self.module}.{sub}"), self.fn)
+        except (ImportError, AttributeError) as e:
+            raise ImportError(f"TTT op {self.module}.{self.fn} is not available: {e}") from e
+
+
+INNER_NETS = {
+    # PyTorch per-token references (the dual one is the reference path of the model tests)
+    "mlp_1_dual": InnerNet("mlp_1", "dual", "ttt_kernels.ops.ttt_linear", "ttt_linear_decode_dual_ref", False),
+    "mlp_2_dual": InnerNet("mlp_2", "dual", "ttt_kernels.ops.ttt_mlp", "ttt_mlp_decode_dual_ref", False),
+    "mlp_1_primal": InnerNet("mlp_1", "primal", "ttt_kernels.ops.ttt_linear", "ttt_linear_decode_primal_ref", False),
+    "mlp_2_primal": InnerNet("mlp_2", "primal", "ttt_kernels.ops.ttt_mlp", "ttt_mlp_decode_primal_ref", False),
+    # Triton kernels: this project's dual form, and the original algorithm as the baseline
+    "mlp_1_dual_triton": InnerNet("mlp_1", "dual", "ttt_kernels.ops.ttt_linear", "ttt_linear_decode_dual", True),
+    "mlp_2_dual_triton": InnerNet("mlp_2", "dual", "ttt_kernels.ops.ttt_mlp", "ttt_mlp_decode_dual", True),
+    "mlp_1_primal_triton": InnerNet("mlp_1", "primal", "ttt_kernels.ops.ttt_linear", "ttt_linear_decode_primal", True),
+    "mlp_2_primal_triton": InnerNet("mlp_2", "primal", "ttt_kernels.ops.ttt_mlp", "ttt_mlp_decode_primal", True),
+}
+
+# whole mini-batches in matrix form, for prefill (valid for either state form: at a
+# mini-batch start neither the dual cache nor the primal gradient sums are read)
+_MINIBATCH_REFS = {"mlp_1": ("ttt_kernels.ops.ttt_linear", "ttt_linear_minibatch_dual_ref"),
+                   "mlp_2": ("ttt_kernels.ops.ttt_mlp", "ttt_mlp_minibatch_dual_ref")}
+
+
+def get_inner_net(name: str) -> InnerNet:
+    if name not in INNER_NETS:
+        raise ValueError(f"unknown inner net {name!r}; known: {sorted(INNER_NETS)}")
+    return INNER_NETS[name]
+
+
+# ---------------------------------------------------------------- causal depthwise conv
+# Decode state layout as mamba-ssm's: ``[B, D, k]``, the last k inputs (the newest last).
+
+def conv_step(x: torch.Tensor, state: torch.Tensor, conv: nn.Conv1d, fused: bool) -> torch.Tensor:
+    """One decode step: shifts ``x [B, D]`` into ``state`` in place (static shapes, no host
+    sync: graph-safe) and returns ``conv + bias`` in ``x``'s dtype. ``fused``: the Triton conv
+    step of ``ops.mamba`` (one launch), else its PyTorch reference."""
+    w = conv.weight.view(conv.weight.shape[0], -1)
+    if fused:
+        return _fused_conv_step(x, state, w, conv.bias)
+    from ..ops.mamba import causal_conv1d_update_ref
+    return causal_conv1d_update_ref(x, state, w, conv.bias, silu=False).to(x.dtype)
+
+
+@torch.compiler.disable
+def _fused_conv_step(x, state, w, bias):
+    from ..ops.mamba import causal_conv1d_update
+    return causal_conv1d_update(x, state, w, bias, silu=False)
+
+
+def conv_prefill_inputs(x: torch.Tensor, state: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``[B, D, k-1+T]`` (fp32): the inputs the conv sees, the state's then ``x [B, T, D]``'s.
+    Leaves in ``state`` each sequence's last k inputs up to token ``lengths[b] - 1``."""
+    full = torch.cat([state[..., 1:].float(), x.float().transpose(1, 2)], dim=-1)
+    k = state.shape[-1]
+    idx = (lengths - 1).view(-1, 1, 1) + torch.arange(k, device=x.device).view(1, 1, -1)
+    state.copy_(full.gather(-1, idx.expand(-1, full.shape[1], -1)))
+    return full
+
+
+def conv_apply_full(full: torch.Tensor, conv: nn.Conv1d, dtype: torch.dtype) -> torch.Tensor:
+    """Depthwise conv over ``conv_prefill_inputs``' output -> ``[B, T, D]``."""
+    y = F.conv1d(full, conv.weight.float(), conv.bias.float(), groups=full.shape[1])
+    return y.transpose(1, 2).to(dtype)
+
+
+# ---------------------------------------------------------------- the mixer
+
+@dataclass
+class TTTLayerCache:
+    ttt: TTTDualState | TTTPrimalState
+    # [B, D, k] each: the q and k convs see the same inputs, but each keeps its own copy so
+    # that each is one in-place conv step
+    q_conv: torch.Tensor
+    k_conv: torch.Tensor
+    # [B] int64: each sequence's absolute position. Shared with (and advanced by) the model's
+    # cache: the layer reads it and never advances it.
+    positions: torch.Tensor
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The tensors this layer owns (not the shared positions)."""
+        return [*self.ttt.tensors(), self.q_conv, self.k_conv]
+
+
+def prefill_plan(positions: torch.Tensor, lengths, T: int, K: int):
+    """Checks and host-side facts for a prefill of ``T`` tokens from ``positions [B]`` (a host sync).
+
+    Returns ``lengths_host`` (list), ``lengths`` (device tensor), the tokens' positions
+    ``[B, T]`` and ``start_phase``: ``positions % K`` when the same for every sequence, else None.
+    """
+    B = positions.shape[0]
+    if lengths is None:
+        lengths_host = [T] * B
+    else:
+        lengths_host = [int(n) for n in torch.as_tensor(lengths).reshape(-1).tolist()]
+        if len(lengths_host) != B or not all(1 <= n <= T for n in lengths_host):
+            raise ValueError(f"lengths must be {B} values in 1..{T}, got {lengths_host}")
+    # the cache owns the positions: checked here, so decode steps need no host sync
+    start = positions.tolist()
+    if min(start) < 0 or max(start) + T >= 2**31 - 1:
+        raise ValueError(f"cache positions out of range: {min(start)}..{max(start)}")
+    phases = {p % K for p in start}
+    dev = positions.device
+    return (lengths_host, torch.tensor(lengths_host, device=dev),
+            positions[:, None] + torch.arange(T, device=dev), phases.pop() if len(phases) == 1 else None)
+
+
+class TTTLayer(nn.Module):
+    """TTT sequence mixer. The TTT-specific parameters (inner-net init, TTT norm,
+    token-index bias, lr bias) are fp32 whatever the model dtype; the decode state
+    is made from them in the state dtype."""
+
+    def __init__(self, hidden_size: int, num_heads: int, inner_net: str = "mlp_2_dual", mini_batch: int = 16,
+                 conv_kernel: int = 4, rope_theta: float = 10000.0, base_lr: float = 1.0, device=None, dtype=None):
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_heads {num_heads}")
+        D, H = hidden_size, num_heads
+        f = D // H
+        self.hidden_size, self.num_heads, self.head_dim = D, H, f
+        self.mini_batch, self.conv_kernel, self.base_lr = mini_batch, conv_kernel, base_lr
+        self.inner = get_inner_net(inner_net).inner
+        self.set_inner_net(inner_net)
+
+        fp32 = dict(device=device, dtype=torch.float32)
+        self.in_proj = nn.Linear(D, 3 * D + H, bias=False, device=device, dtype=dtype)  # [xqk | gate | v | lr]
+        self.lr_bias = nn.Parameter(torch.zeros(H, **fp32))
+        self.conv_q = nn.Conv1d(D, D, conv_kernel, groups=D, bias=True, device=device, dtype=dtype)
+        self.conv_k = nn.Conv1d(D, D, conv_kernel, groups=D, bias=True, device=device, dtype=dtype)
+        self.rotary = Rotary(f, mini_batch, rope_theta, device=device)
+        self.inner_names = ["W1", "b1", "W2", "b2"][: len(inner_net_shapes(self.inner, f))]
+        for name, shape in zip(self.inner_names, inner_net_shapes(self.inner, f)):
+            setattr(self, name, nn.Parameter(torch.zeros(H, *shape, **fp32)))
+        self.ttt_norm_weight = nn.Parameter(torch.ones(H, f, **fp32))
+        self.ttt_norm_bias = nn.Parameter(torch.zeros(H, f, **fp32))
+        self.token_idx_bias = nn.Parameter(torch.zeros(mini_batch, **fp32))
+        self.post_norm = nn.LayerNorm(D, eps=1e-6, device=device, dtype=dtype)
+        self.o_proj = nn.Linear(D, D, bias=False, device=device, dtype=dtype)
+
+    def set_inner_net(self, name: str) -> None:
+        """Switch the TTT op (same math family only: the weights stay); allocate a new cache after."""
+        spec = get_inner_net(name)
+        if spec.inner != self.inner:
+            raise ValueError(f"{name} computes {spec.inner}, this layer's weights are for {self.inner}")
+        self.inner_net, self.spec, self._op = name, spec, None
+
+    @property
+    def op(self):
+        if self._op is None:
+            self._op = self.spec.load()
+        return self._op
+
+    def inner_params(self) -> list[torch.Tensor]:
+        return [getattr(self, n) for n in self.inner_names]
+
+    # ---- cache
+
+    def allocate_inference_cache(self, batch: int, state_dtype: torch.dtype, act_dtype: torch.dtype,
+                                 positions: torch.Tensor | None = None) -> TTTLayerCache:
+        """Fresh state for ``batch`` sequences. ``positions [B]``: the model's shared position
+        tensor (default: a new one at 0, which the caller advances)."""
+        _ = self.op  # fail here, not in the middle of a step, if the op is missing
+        params = [p.detach() for p in self.inner_params()]
+        if self.spec.form == "dual":
+            ttt = TTTDualState.from_params(params, batch, self.mini_batch, state_dtype, act_dtype)
+        else:
+            ttt = TTTPrimalState.from_params(params, batch, state_dtype)
+        dev = self.in_proj.weight.device
+        convs = [torch.zeros(batch, self.hidden_size, self.conv_kernel, dtype=act_dtype, device=dev) for _ in range(2)]
+        if positions is None:
+            positions = torch.zeros(batch, dtype=torch.int64, device=dev)
+        return TTTLayerCache(ttt, *convs, positions)
+
+    def reset_inference_cache(self, cache: TTTLayerCache) -> None:
+        """Back to a fresh sequence, in place (a captured graph keeps its buffers)."""
+        for w, p in zip(cache.ttt.weights, self.inner_params()):
+            w.copy_(p.unsqueeze(0).expand_as(w))
+        if isinstance(cache.ttt, TTTPrimalState):
+            others = cache.ttt.grads
+        else:
+            others = [cache.ttt.k_cache, cache.ttt.v_cache, cache.ttt.lr_cache]
+        for t in [*others, cache.q_conv, cache.k_conv]:
+            t.zero_()
+
+    # ---- pieces shared by step and prefill (any leading shape [...])
+
+    def _project(self, x):
+        D, H = self.hidden_size, self.num_heads
+        xqk, gate, v, lr_logit = F.linear(x, self.in_proj.weight).split([D, D, D, H], dim=-1)
+        lr = self.base_lr * torch.sigmoid(lr_logit.float() + self.lr_bias) / self.head_dim
+        return xqk, gate, v, lr
+
+    def _heads(self, x):
+        return x.reshape(*x.shape[:-1], self.num_heads, self.head_dim)
+
+    def _output(self, z, gate):
+        z = z.reshape(*z.shape[:-2], self.hidden_size)
+        normed = F.layer_norm(z.float(), (self.hidden_size,), self.post_norm.weight.float(),
+                              self.post_norm.bias.float(), self.post_norm.eps)
+        return F.linear((gelu_tanh(gate.float()) * normed).to(z.dtype), self.o_proj.weight)
+
+    def _ttt(self, q, k, v, lr, pos, state):
+        if self.spec.kernel:
+            return _run_kernel(self.op, q, k, v, lr, pos, self.ttt_norm_weight, self.ttt_norm_bias,
+                               self.token_idx_bias, state)
+        return self.op(q, k, v, lr, pos, self.ttt_norm_weight, self.ttt_norm_bias, self.token_idx_bias, state)
+
+    # ---- decode
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, cache: TTTLayerCache) -> torch.Tensor:
+        """One token per sequence at ``cache.positions``: ``x [B, D] -> [B, D]``; updates the
+        state in place, leaves the positions to their owner. No host sync (graph-safe)."""
+        positions = cache.positions
+        xqk, gate, v, lr = self._project(x)
+        fused = self.spec.kernel
+        q = self._heads(conv_step(xqk, cache.q_conv, self.conv_q, fused))
+        k = self._heads(conv_step(xqk, cache.k_conv, self.conv_k, fused))
+        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        z = self._ttt(q, k, self._heads(v).contiguous(), lr, positions, cache.ttt)
+        return self._output(z, gate)
+
+    # ---- prefill (a reference path: correctness over speed)
+
+    @torch.no_grad()
+    def prefill(self, x: torch.Tensor, cache: TTTLayerCache, lengths=None) -> torch.Tensor:
+        """``x [B, T, D] -> [B, T, D]`` continuing from ``cache`` at ``cache.positions``; with
+        ``lengths [B]`` sequence ``b`` uses its first ``lengths[b]`` tokens (the rest is
+        padding: outputs there are garbage, state untouched). Leaves the positions to their
+        owner, like :meth:`step`.
+
+        Whole mini-batches that start at the same phase 0 for every sequence run in matrix
+        form; everything else goes token by token through the decode op.
+        """
+        lengths_host, lengths, positions, start_phase = prefill_plan(cache.positions, lengths, x.shape[1],
+                                                                     self.mini_batch)
+        xqk, gate, v, lr = self._project(x)
+        q = self._heads(conv_apply_full(conv_prefill_inputs(xqk, cache.q_conv, lengths), self.conv_q, x.dtype))
+        k = self._heads(conv_apply_full(conv_prefill_inputs(xqk, cache.k_conv, lengths), self.conv_k, x.dtype))
+        q, k, v = self.rotary(q, positions), self.rotary(k, positions), self._heads(v)
+        z = torch.zeros_like(q)  # padding tokens past every prompt stay 0
+        K, T = self.mini_batch, x.shape[1]
+        min_len = min(lengths_host)
+        i = 0
+        while i < T:
+            if start_phase is not None and (start_phase + i) % K == 0 and i + K <= min_len:
+                z[:, i:i + K] = self._minibatch(q[:, i:i + K], k[:, i:i + K], v[:, i:i + K], lr[:, i:i + K],
+                                                cache.ttt)
+                i += K
+                continue
+            args = (q[:, i].contiguous(), k[:, i].contiguous(), v[:, i].contiguous(), lr[:, i].contiguous(),
+                    positions[:, i].contiguous())
+            done = [b for b, n in enumerate(lengths_host) if n <= i]
+            if not done:
+                z[:, i] = self._ttt(*args, cache.ttt)
+            elif len(done) < len(lengths_host):
+                # sequences already past their prompt keep their state: save and put back their rows
+                idx = torch.tensor(done, device=x.device)
+                saved = [t[idx].clone() for t in cache.ttt.tensors()]
+                z[:, i] = self._ttt(*args, cache.ttt)
+                for t, s in zip(cache.ttt.tensors(), saved):
+                    t[idx] = s
+            i += 1
+        return self._output(z, gate)
+
+    def _minibatch(self, q, k, v, lr, state):
+        """One aligned mini-batch for every sequence: ``[B, K, H, f]`` in, outputs out."""
+        module, fn = _MINIBATCH_REFS[self.inner]
+        ref = getattr(importlib.import_module(module), fn)
+        heads_first = [t.transpose(1, 2) for t in (q, k, v, lr)]  # [B, H, K, ...]
+        out, new = ref(*heads_first, self.ttt_norm_weight, self.ttt_norm_bias, self.token_idx_bias,
+                       state.weights)
+        for w, nw in zip(state.weights, new):
+            w.copy_(nw)
+        return out.transpose(1, 2).to(q.dtype)
+
+
+@torch.compiler.disable
+def _run_kernel(op, q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state):
+    # Fused kernels stay out of torch.compile (their launchers check arguments in Python);
+    # the positions are checked when a prefill starts (prefill_plan), so no per-step host sync here.
+    return op(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state, check_positions=False)
