@@ -4,7 +4,8 @@ import torch
 
 from ttt_kernels.ops.ttt_linear import ttt_linear_decode_dual_ref, ttt_linear_decode_primal_ref
 from ttt_kernels.ops.ttt_mlp import ttt_mlp_decode_dual_ref, ttt_mlp_decode_primal_ref
-from ttt_kernels.ops.ttt_state import TTTDualState, TTTPrimalState, inner_net_shapes
+from ttt_kernels.ops.ttt_state import TTTDualState, TTTPrimalState
+from ttt_kernels.utils import benchmarking
 
 DUAL_REFS = {"mlp_1": ttt_linear_decode_dual_ref, "mlp_2": ttt_mlp_decode_dual_ref}
 PRIMAL_REFS = {"mlp_1": ttt_linear_decode_primal_ref, "mlp_2": ttt_mlp_decode_primal_ref}
@@ -18,14 +19,7 @@ def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 def random_layer(inner_net, H, f, K=16, device="cpu", gen=None):
     """Per-head inner-net params ``[H, ...]``, TTT-norm params and token-index bias (float64)."""
-    params = []
-    for shape in inner_net_shapes(inner_net, f):
-        scale = shape[0] ** -0.5 if len(shape) == 2 else 0.1
-        params.append(torch.randn(H, *shape, generator=gen, dtype=torch.float64) * scale)
-    ln_w = 1.0 + 0.1 * torch.randn(H, f, generator=gen, dtype=torch.float64)
-    ln_b = 0.1 * torch.randn(H, f, generator=gen, dtype=torch.float64)
-    tib = 0.01 * torch.randn(K, generator=gen, dtype=torch.float64)  # small: eta stays > 0
-    return [p.to(device) for p in params], ln_w.to(device), ln_b.to(device), tib.to(device)
+    return benchmarking.random_layer(inner_net, H, f, K, device, dtype=torch.float64, gen=gen)
 
 
 def random_token(B, H, f, dtype, device="cpu", gen=None):
