@@ -44,12 +44,7 @@ class InnerNet:
 
     def load(self):
         try:
-            mod = importlib.import_module(self.module)
-            if hasattr(mod, self.fn):
-                return getattr(mod, self.fn)
-            # exported by its own file before the package lists it
-            sub = "decode_primal" if "primal" in self.fn else "decode_dual"
-            return getattr(importlib.import_module(f"{self.module}.{sub}"), self.fn)
+            return getattr(importlib.import_module(self.module), self.fn)
         except (ImportError, AttributeError) as e:
             raise ImportError(f"TTT op {self.module}.{self.fn} is not available: {e}") from e
 

@@ -32,11 +32,9 @@ def as_dtype(d) -> torch.dtype:
 
 def inner_net_elements(inner_net: str, f: int) -> int:
     """Elements of the inner net's weights per head (``mlp_1``: W, b; ``mlp_2``: W1, b1, W2, b2)."""
-    if inner_net == "mlp_1":
-        return f * f + f
-    if inner_net == "mlp_2":
-        return 2 * f * 4 * f + 4 * f + f
-    raise ValueError(f"inner_net must be mlp_1 or mlp_2, got {inner_net!r}")
+    from ttt_kernels.ops.ttt_state import inner_net_shapes
+
+    return sum(math.prod(shape) for shape in inner_net_shapes(inner_net, f))
 
 
 def decode_floor_bytes(inner_net: str, B: int, H: int, f: int, state_dtype, act_dtype) -> int:
