@@ -68,14 +68,6 @@ class TTTDualState:
     def tensors(self) -> list[torch.Tensor]:
         return [*self.weights, self.k_cache, self.v_cache, self.lr_cache]
 
-    def clone(self) -> "TTTDualState":
-        return TTTDualState([w.clone() for w in self.weights], self.k_cache.clone(),
-                            self.v_cache.clone(), self.lr_cache.clone())
-
-    def copy_(self, other: "TTTDualState") -> None:
-        for dst, src in zip(self.tensors(), other.tensors()):
-            dst.copy_(src)
-
 
 @dataclass
 class TTTPrimalState:
@@ -89,13 +81,6 @@ class TTTPrimalState:
 
     def tensors(self) -> list[torch.Tensor]:
         return [*self.weights, *self.grads]
-
-    def clone(self) -> "TTTPrimalState":
-        return TTTPrimalState([w.clone() for w in self.weights], [g.clone() for g in self.grads])
-
-    def copy_(self, other: "TTTPrimalState") -> None:
-        for dst, src in zip(self.tensors(), other.tensors()):
-            dst.copy_(src)
 
 
 def _check_tensor(name: str, t, shape, dtypes, device, contiguous: bool = True) -> None:
