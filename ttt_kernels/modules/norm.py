@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from ..ops.norm import add_rms_norm, add_rms_norm_ref
 
 
 class RMSNorm(nn.Module):
@@ -17,12 +18,17 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, prenorm: bool = False):
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, prenorm: bool = False,
+                fused: bool = False):
         """``RMSNorm(x + residual)`` in ``x``'s dtype.
 
         With ``prenorm=True`` it also returns the sum ``x + residual`` in fp32: the
         residual the next block adds its output to (``residual=None`` starts it at ``x``).
+        ``fused``: one Triton launch instead of PyTorch's several kernels (under
+        ``torch.compile`` the PyTorch form is kept: inductor fuses it itself).
         """
-        res = x.float() if residual is None else residual + x  # fp32 + x: one kernel, fp32 result
-        y = F.rms_norm(res, res.shape[-1:], self.weight.float(), self.eps).to(x.dtype)
+        if fused and not torch.compiler.is_compiling():
+            y, res = add_rms_norm(x, residual, self.weight, self.eps)
+        else:
+            y, res = add_rms_norm_ref(x, residual, self.weight, self.eps)
         return (y, res) if prenorm else y

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..ops.conv_rotary import apply_rotary_ref
+
 
 class Rotary(nn.Module):
     def __init__(self, head_dim: int, period: int, base: float = 10000.0, device=None):
@@ -26,7 +28,4 @@ class Rotary(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """``x [..., H, f]``, ``positions`` of the same leading shape ``[...]`` (int, device)."""
-        idx = positions % self.period
-        cos, sin = self.cos[idx].unsqueeze(-2), self.sin[idx].unsqueeze(-2)  # [..., 1, f/2]
-        x1, x2 = x.float().chunk(2, dim=-1)
-        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+        return apply_rotary_ref(x, positions, self.cos, self.sin)

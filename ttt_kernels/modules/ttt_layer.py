@@ -10,9 +10,10 @@ Per token ``x`` (the block's normed hidden state):
     out = o_proj(gelu(gate) * post_norm(z))
 
 Decode and prefill use the *same* conv weights for k (the original inference code's
-decode path convolved k with conv_q's weights). With a fused-kernel inner net the conv
-steps are fused kernels too (``ops.mamba``'s conv step); the reference inner nets run
-everything in PyTorch.
+decode path convolved k with conv_q's weights). With a fused-kernel inner net the rest
+of the decode step is fused too: both convs and the rotary in one launch
+(``ops.conv_rotary``), the output's LayerNorm and gelu gate in another (``ops.norm``);
+the reference inner nets run everything in PyTorch.
 
 Which TTT op runs is the inner-net name, resolved in :data:`INNER_NETS`; ops are
 imported on first use, so a missing kernel never breaks ``import``.
@@ -27,8 +28,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops.conv_rotary import qk_conv_rotary_step
+from ..ops.mamba import causal_conv1d_update, causal_conv1d_update_ref
+from ..ops.norm import gated_layer_norm, gated_layer_norm_ref
 from ..ops.ttt_state import TTTDualState, TTTPrimalState, inner_net_shapes
-from ..ops.utils import gelu_tanh
 from .rotary import Rotary
 
 
@@ -84,14 +87,17 @@ def conv_step(x: torch.Tensor, state: torch.Tensor, conv: nn.Conv1d, fused: bool
     w = conv.weight.view(conv.weight.shape[0], -1)
     if fused:
         return _fused_conv_step(x, state, w, conv.bias)
-    from ..ops.mamba import causal_conv1d_update_ref
     return causal_conv1d_update_ref(x, state, w, conv.bias, silu=False).to(x.dtype)
 
 
+# The fused decode pieces stay outside torch.compile: their launchers check arguments in Python.
 @torch.compiler.disable
 def _fused_conv_step(x, state, w, bias):
-    from ..ops.mamba import causal_conv1d_update
     return causal_conv1d_update(x, state, w, bias, silu=False)
+
+
+_fused_qk_conv_rotary = torch.compiler.disable(qk_conv_rotary_step)
+_fused_gated_layer_norm = torch.compiler.disable(gated_layer_norm)
 
 
 def conv_prefill_inputs(x: torch.Tensor, state: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -236,14 +242,18 @@ class TTTLayer(nn.Module):
         lr = self.base_lr * torch.sigmoid(lr_logit.float() + self.lr_bias) / self.head_dim
         return xqk, gate, v, lr
 
+    @staticmethod
+    def _conv_weight(conv: nn.Conv1d) -> torch.Tensor:
+        return conv.weight.view(conv.weight.shape[0], -1)
+
     def _heads(self, x):
         return x.reshape(*x.shape[:-1], self.num_heads, self.head_dim)
 
-    def _output(self, z, gate):
+    def _output(self, z, gate, fused: bool = False):
         z = z.reshape(*z.shape[:-2], self.hidden_size)
-        normed = F.layer_norm(z.float(), (self.hidden_size,), self.post_norm.weight.float(),
-                              self.post_norm.bias.float(), self.post_norm.eps)
-        return F.linear((gelu_tanh(gate.float()) * normed).to(z.dtype), self.o_proj.weight)
+        gated_norm = _fused_gated_layer_norm if fused else gated_layer_norm_ref
+        y = gated_norm(z, gate, self.post_norm.weight, self.post_norm.bias, self.post_norm.eps)
+        return F.linear(y, self.o_proj.weight)
 
     def _ttt(self, q, k, v, lr, pos, state):
         if self.spec.kernel:
@@ -260,11 +270,16 @@ class TTTLayer(nn.Module):
         positions = cache.positions
         xqk, gate, v, lr = self._project(x)
         fused = self.spec.kernel
-        q = self._heads(conv_step(xqk, cache.q_conv, self.conv_q, fused))
-        k = self._heads(conv_step(xqk, cache.k_conv, self.conv_k, fused))
-        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        if fused:  # both convs and the rotary in one launch
+            q, k = _fused_qk_conv_rotary(xqk, cache.q_conv, cache.k_conv, self._conv_weight(self.conv_q),
+                                         self.conv_q.bias, self._conv_weight(self.conv_k), self.conv_k.bias,
+                                         self.rotary.cos, self.rotary.sin, positions, self.num_heads)
+        else:
+            q = self._heads(conv_step(xqk, cache.q_conv, self.conv_q, fused))
+            k = self._heads(conv_step(xqk, cache.k_conv, self.conv_k, fused))
+            q, k = self.rotary(q, positions), self.rotary(k, positions)
         z = self._ttt(q, k, self._heads(v).contiguous(), lr, positions, cache.ttt)
-        return self._output(z, gate)
+        return self._output(z, gate, fused)
 
     # ---- prefill (a reference path: correctness over speed)
 

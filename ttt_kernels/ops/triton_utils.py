@@ -120,3 +120,23 @@ def store_cache_row(kc_ptr, vc_ptr, lrc_ptr, bh, t, k, v, lr, cols, cm, F: tl.co
     tl.store(kc_ptr + bh * K * F + t * F + cols, k.to(kc_ptr.dtype.element_ty), mask=cm)
     tl.store(vc_ptr + bh * K * F + t * F + cols, v.to(vc_ptr.dtype.element_ty), mask=cm)
     tl.store(lrc_ptr + bh * K + t, lr)
+
+
+@triton.jit
+def conv_state_step(x, cs_ptr, w_ptr, bias_ptr, d, dm, K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """One step of a depthwise causal conv for channels ``d`` (mask ``dm``) of one sequence:
+    shifts the new inputs ``x`` into its state ``cs_ptr [dim, K]`` (the newest last) in place
+    and returns ``conv + bias`` (fp32)."""
+    k = tl.arange(0, KP)  # conv taps, padded to a power of two
+    cs = cs_ptr + d[:, None] * K + k[None, :]
+    # the new window is the old one moved one slot towards the front, x in the last slot; loading
+    # from cs + 1 shifts it (slot 0, the oldest input, drops out)
+    old = tl.load(cs + 1, mask=dm[:, None] & (k[None, :] < K - 1), other=0.0)
+    win = tl.where(k[None, :] == K - 1, x.to(cs_ptr.dtype.element_ty)[:, None], old)
+    tl.store(cs, win, mask=dm[:, None] & (k[None, :] < K))
+    # the conv reads the stored (rounded) inputs, as prefill does
+    w = tl.load(w_ptr + d[:, None] * K + k[None, :], mask=dm[:, None] & (k[None, :] < K), other=0.0)
+    acc = tl.sum(win.to(tl.float32) * w.to(tl.float32), axis=1)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + d, mask=dm, other=0.0).to(tl.float32)
+    return acc

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ..triton_utils import conv_state_step
 from ..ttt_state import STATE_DTYPES, _check_tensor, check_out
 from .naive import split_x_db
 
@@ -61,20 +62,9 @@ def _conv_step_kernel(x_ptr, stride_x, cs_ptr, w_ptr, bias_ptr, out_ptr, stride_
                       HAS_BIAS: tl.constexpr, SILU: tl.constexpr):
     b = tl.program_id(1).to(tl.int64)
     d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
-    k = tl.arange(0, KP)  # conv taps, padded to a power of two
     dm = d < dim
     x = tl.load(x_ptr + b * stride_x + d, mask=dm, other=0.0)
-    cs = cs_ptr + b * dim * K + d[:, None] * K + k[None, :]
-    # the new window is the old one moved one slot towards the front, x in the last slot; loading
-    # from cs + 1 shifts it (slot 0, the oldest input, drops out)
-    old = tl.load(cs + 1, mask=dm[:, None] & (k[None, :] < K - 1), other=0.0)
-    win = tl.where(k[None, :] == K - 1, x.to(cs_ptr.dtype.element_ty)[:, None], old)
-    tl.store(cs, win, mask=dm[:, None] & (k[None, :] < K))
-    # the conv reads the stored (rounded) inputs, as prefill does
-    w = tl.load(w_ptr + d[:, None] * K + k[None, :], mask=dm[:, None] & (k[None, :] < K), other=0.0)
-    acc = tl.sum(win.to(tl.float32) * w.to(tl.float32), axis=1)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + d, mask=dm, other=0.0).to(tl.float32)
+    acc = conv_state_step(x, cs_ptr + b * dim * K, w_ptr, bias_ptr, d, dm, K, KP, HAS_BIAS)
     if SILU:
         acc = acc * tl.sigmoid(acc)
     tl.store(out_ptr + b * stride_o + d, acc.to(out_ptr.dtype.element_ty), mask=dm)

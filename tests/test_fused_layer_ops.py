@@ -1,0 +1,126 @@
+"""The fused norms and the TTT layer's fused q/k conv + rotary step against their float64
+PyTorch references (Triton's interpreter on the CPU)."""
+
+import os
+
+import pytest
+import torch
+
+from ttt_kernels.ops.conv_rotary import apply_rotary_ref, qk_conv_rotary_step, qk_conv_rotary_step_ref
+from ttt_kernels.ops.norm import add_rms_norm, add_rms_norm_ref, gated_layer_norm, gated_layer_norm_ref
+
+ACT = [torch.float32, torch.float16, torch.bfloat16]
+# Triton's interpreter (3.9) truncates fp32 -> bf16 where the GPU rounds to nearest; the q/k step
+# rounds twice (conv output, rotated output), which can take bf16 just past 1e-2 on the CPU
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2 if INTERPRETED else 1e-2}
+
+
+def assert_close(a, ref, tol, what):
+    assert a.dtype == ref.dtype or ref.dtype == torch.float64, what
+    assert torch.isfinite(a).all(), f"{what}: non-finite values (an unwritten element?)"
+    err = ((a.double() - ref.double()).abs().max() / ref.double().abs().max()).item()
+    assert err <= tol, f"{what}: max error {err:.3g} of max |ref| (tolerance {tol:g})"
+
+
+def randn(*shape, dtype, device, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g).to(device, dtype)
+
+
+@pytest.mark.parametrize("dtype", ACT)
+@pytest.mark.parametrize("with_residual", [True, False])
+def test_add_rms_norm(dtype, with_residual, device, poison_alloc):
+    D = 96  # not a power of two: the masked tail
+    wide = randn(5, 3, 2 * D, dtype=dtype, device=device, seed=0)
+    x = wide[..., :D]  # row-strided, like a split projection
+    res = randn(5, 3, D, dtype=torch.float32, device=device, seed=1) if with_residual else None
+    w = randn(D, dtype=dtype, device=device, seed=2)
+    y, r = add_rms_norm(x, res, w, 1e-6)
+    y_ref, r_ref = add_rms_norm_ref(x.double(), None if res is None else res.double(), w.double(), 1e-6)
+    assert y.shape == x.shape and y.dtype == dtype and r.dtype == torch.float32
+    assert_close(r, r_ref, 1e-6, "residual sum")
+    assert_close(y, y_ref, TOL[dtype], "normed")
+
+
+@pytest.mark.parametrize("dtype", ACT)
+def test_gated_layer_norm(dtype, device, poison_alloc):
+    D = 96
+    z = randn(4, 2, D, dtype=dtype, device=device, seed=0) * 3 + 1
+    gate = randn(4, 2, 3 * D, dtype=dtype, device=device, seed=1)[..., D:2 * D]
+    w, b = randn(D, dtype=dtype, device=device, seed=2), randn(D, dtype=dtype, device=device, seed=3)
+    y = gated_layer_norm(z, gate, w, b, 1e-6)
+    ref = gated_layer_norm_ref(z.double(), gate.double(), w.double(), b.double(), 1e-6)
+    assert y.dtype == dtype
+    assert_close(y, ref, TOL[dtype], "gated layer norm")
+
+
+def test_norm_errors(device):
+    x = torch.zeros(2, 8, device=device)
+    with pytest.raises(ValueError, match="weight"):
+        add_rms_norm(x, None, torch.ones(7, device=device), 1e-6)
+    with pytest.raises(ValueError, match="residual"):
+        add_rms_norm(x, torch.zeros(3, 8, device=device), torch.ones(8, device=device), 1e-6)
+    with pytest.raises(TypeError, match="x must be"):
+        add_rms_norm(x.long(), None, torch.ones(8, device=device), 1e-6)
+    with pytest.raises(ValueError, match="gate"):
+        gated_layer_norm(x, x[:1], torch.ones(8, device=device), torch.zeros(8, device=device), 1e-6)
+
+
+def rotary_tables(f, period, device):
+    inv = 10000.0 ** (-torch.arange(0, f, 2, dtype=torch.float64) / f)
+    ang = torch.arange(period, dtype=torch.float64)[:, None] * inv[None, :]
+    return ang.cos().float().to(device), ang.sin().float().to(device)
+
+
+@pytest.mark.parametrize("dtype", ACT)
+@pytest.mark.parametrize("f", [64, 96])
+def test_qk_conv_rotary_step(dtype, f, device, poison_alloc):
+    """Many steps from mixed per-sequence positions: outputs and both conv states."""
+    B, H, KC, period = 3, 2, 4, 16
+    D = H * f
+    wq, bq, wk, bk = (randn(*s, dtype=dtype, device=device, seed=i) * 0.5
+                      for i, s in enumerate([(D, KC), (D,), (D, KC), (D,)]))
+    cos, sin = rotary_tables(f, period, device)
+    qs, ks = randn(B, D, KC, dtype=dtype, device=device, seed=10), randn(B, D, KC, dtype=dtype, device=device, seed=11)
+    qs_ref, ks_ref = qs.double(), ks.double()
+    pos = torch.tensor([0, 7, 29], device=device)
+    for step in range(20):
+        xqk = randn(B, 3 * D, dtype=dtype, device=device, seed=100 + step)[:, :D]
+        q, k = qk_conv_rotary_step(xqk, qs, ks, wq, bq, wk, bk, cos, sin, pos, H)
+        q_ref, k_ref = qk_conv_rotary_step_ref(xqk.double(), qs_ref, ks_ref, wq.double(), bq.double(),
+                                               wk.double(), bk.double(), cos.double(), sin.double(), pos, H)
+        assert q.shape == (B, H, f) and q.dtype == dtype
+        assert_close(q, q_ref, TOL[dtype], f"q, step {step}")
+        assert_close(k, k_ref, TOL[dtype], f"k, step {step}")
+        assert_close(qs, qs_ref, TOL[dtype], f"q conv state, step {step}")
+        assert_close(ks, ks_ref, TOL[dtype], f"k conv state, step {step}")
+        qs_ref, ks_ref = qs.double(), ks.double()  # the kernel's rounded state is the next input
+        pos += 1
+
+
+def test_rotary_ref_is_a_rotation():
+    """The reference itself: norms of each (i, i + f/2) pair are kept, position 0 is the identity."""
+    cos, sin = rotary_tables(8, 16, "cpu")
+    x = torch.randn(5, 2, 8, dtype=torch.float64)
+    pos = torch.tensor([0, 3, 16, 17, 40])
+    y = apply_rotary_ref(x, pos, cos.double(), sin.double())
+    pair_norm = lambda t: t[..., :4] ** 2 + t[..., 4:] ** 2  # noqa: E731
+    torch.testing.assert_close(pair_norm(y), pair_norm(x))
+    torch.testing.assert_close(y[0], x[0])
+    torch.testing.assert_close(y[2], x[2])  # 16 = 0 mod 16
+
+
+def test_qk_conv_rotary_errors(device):
+    B, H, f, KC = 2, 2, 8, 4
+    D = H * f
+    st = torch.zeros(B, D, KC, device=device)
+    w, b = torch.zeros(D, KC, device=device), torch.zeros(D, device=device)
+    cos, sin = rotary_tables(f, 16, device)
+    pos = torch.zeros(B, dtype=torch.int64, device=device)
+    with pytest.raises(ValueError, match="k_state"):
+        qk_conv_rotary_step(torch.zeros(B, D, device=device), st, st[:1], w, b, w, b, cos, sin, pos, H)
+    with pytest.raises(TypeError, match="q_state"):
+        qk_conv_rotary_step(torch.zeros(B, D, device=device), st.half(), st, w, b, w, b, cos, sin, pos, H)
+    with pytest.raises(ValueError, match="positions"):
+        qk_conv_rotary_step(torch.zeros(B, D, device=device), st, st, w, b, w, b, cos, sin, pos[:1], H)

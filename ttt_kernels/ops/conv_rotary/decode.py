@@ -1,0 +1,87 @@
+"""The TTT layer's q/k inputs at decode in one launch: both causal conv steps of the shared
+``xqk`` input and the rotary (position modulo the mini-batch) of their outputs.
+
+Unfused that is two conv launches and about a dozen elementwise kernels per rotation
+(casts, the table gathers, four products, the concatenation), each a few µs on
+``[B, D]`` rows. One program per (sequence, head) here: rotary pairs channel ``i`` with
+``i + f/2`` of the same head, so a program holds both halves of its head.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..triton_utils import conv_state_step
+from ..ttt_state import _check_tensor
+
+
+@triton.jit
+def _conv_rotate_store(x1, x2, cs_ptr, w_ptr, bias_ptr, out_ptr, d1, d2, j, jm, c, s,
+                       HALF: tl.constexpr, KC: tl.constexpr, KP: tl.constexpr):
+    # the conv output is rounded to the activation dtype before the rotation, as unfused
+    a1 = conv_state_step(x1, cs_ptr, w_ptr, bias_ptr, d1, jm, KC, KP, True)
+    a2 = conv_state_step(x2, cs_ptr, w_ptr, bias_ptr, d2, jm, KC, KP, True)
+    a1 = a1.to(out_ptr.dtype.element_ty).to(tl.float32)
+    a2 = a2.to(out_ptr.dtype.element_ty).to(tl.float32)
+    tl.store(out_ptr + j, (a1 * c - a2 * s).to(out_ptr.dtype.element_ty), mask=jm)
+    tl.store(out_ptr + HALF + j, (a2 * c + a1 * s).to(out_ptr.dtype.element_ty), mask=jm)
+
+
+@triton.jit
+def _qk_conv_rotary_kernel(x_ptr, stride_x, qs_ptr, ks_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr,
+                           pos_ptr, q_ptr, k_ptr, H, dim,
+                           F: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr, KC: tl.constexpr,
+                           KP: tl.constexpr, PERIOD: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)
+    b, h = bh // H, bh % H
+    j = tl.arange(0, BLOCK)
+    jm = j < HALF
+    d1 = h * F + j
+    d2 = d1 + HALF
+    x1 = tl.load(x_ptr + b * stride_x + d1, mask=jm, other=0.0)
+    x2 = tl.load(x_ptr + b * stride_x + d2, mask=jm, other=0.0)
+    p = tl.load(pos_ptr + b) % PERIOD
+    c = tl.load(cos_ptr + p * HALF + j, mask=jm, other=0.0)
+    s = tl.load(sin_ptr + p * HALF + j, mask=jm, other=0.0)
+    _conv_rotate_store(x1, x2, qs_ptr + b * dim * KC, wq_ptr, bq_ptr, q_ptr + bh * F, d1, d2, j, jm, c, s,
+                       HALF, KC, KP)
+    _conv_rotate_store(x1, x2, ks_ptr + b * dim * KC, wk_ptr, bk_ptr, k_ptr + bh * F, d1, d2, j, jm, c, s,
+                       HALF, KC, KP)
+
+
+def qk_conv_rotary_step(xqk, q_state, k_state, q_weight, q_bias, k_weight, k_bias, cos, sin, positions,
+                        num_heads: int):
+    """``xqk [B, D]`` (row-strided is fine) -> ``q, k [B, H, f]`` in ``xqk``'s dtype.
+
+    ``q_state, k_state [B, D, k]`` (``xqk``'s dtype) step in place; ``*_weight [D, k]``,
+    ``*_bias [D]``; ``cos, sin [period, f/2]`` fp32; ``positions [B]`` int (not advanced).
+    No host sync: graph-safe.
+    """
+    if not isinstance(xqk, torch.Tensor) or xqk.dim() != 2 or xqk.stride(-1) != 1:
+        raise ValueError(f"xqk must be a [B, D] tensor with unit column stride, got {getattr(xqk, 'shape', xqk)}")
+    B, D = xqk.shape
+    H = num_heads
+    if D % H or (D // H) % 2:
+        raise ValueError(f"D={D} must split into {H} heads of an even head dim")
+    f = D // H
+    dev, KC = xqk.device, q_state.shape[-1] if isinstance(q_state, torch.Tensor) else 0
+    _check_tensor("xqk", xqk, (B, D), (torch.float32, torch.float16, torch.bfloat16), dev, contiguous=False)
+    for name, st in (("q_state", q_state), ("k_state", k_state)):
+        _check_tensor(name, st, (B, D, KC), (xqk.dtype,), dev)
+    for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
+        _check_tensor(name, w, (D, KC), (w.dtype,) if isinstance(w, torch.Tensor) else (), dev)
+    for name, b in (("q_bias", q_bias), ("k_bias", k_bias)):
+        _check_tensor(name, b, (D,), (b.dtype,) if isinstance(b, torch.Tensor) else (), dev)
+    period = cos.shape[0] if isinstance(cos, torch.Tensor) else 0
+    _check_tensor("cos", cos, (period, f // 2), (torch.float32,), dev)
+    _check_tensor("sin", sin, (period, f // 2), (torch.float32,), dev)
+    _check_tensor("positions", positions, (B,), (torch.int32, torch.int64), dev)
+    q = torch.empty(B, H, f, dtype=xqk.dtype, device=dev)
+    k = torch.empty_like(q)
+    _qk_conv_rotary_kernel[(B * H,)](
+        xqk, xqk.stride(0), q_state, k_state, q_weight, q_bias, k_weight, k_bias, cos, sin, positions, q, k, H, D,
+        F=f, HALF=f // 2, BLOCK=triton.next_power_of_2(f // 2), KC=KC, KP=triton.next_power_of_2(KC),
+        PERIOD=period, num_warps=1)
+    return q, k
