@@ -105,7 +105,10 @@ def test_rotary_ref_is_a_rotation():
     x = torch.randn(5, 2, 8, dtype=torch.float64)
     pos = torch.tensor([0, 3, 16, 17, 40])
     y = apply_rotary_ref(x, pos, cos.double(), sin.double())
-    pair_norm = lambda t: t[..., :4] ** 2 + t[..., 4:] ** 2  # noqa: E731
+
+    def pair_norm(t):
+        return t[..., :4] ** 2 + t[..., 4:] ** 2
+
     torch.testing.assert_close(pair_norm(y), pair_norm(x))
     torch.testing.assert_close(y[0], x[0])
     torch.testing.assert_close(y[2], x[2])  # 16 = 0 mod 16

@@ -34,7 +34,6 @@ from ..ops.norm import gated_layer_norm, gated_layer_norm_ref
 from ..ops.ttt_state import TTTDualState, TTTPrimalState, inner_net_shapes
 from .rotary import Rotary
 
-
 # ---------------------------------------------------------------- inner-net registry
 
 @dataclass(frozen=True)
