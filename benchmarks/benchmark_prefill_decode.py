@@ -1,8 +1,12 @@
-"""Whole-model prefill / decode throughput of the TTT LMs (greedy decoding, random weights).
+"""Whole-model prefill / decode throughput of the TTT LMs and the Mamba baseline (greedy
+decoding, random weights).
 
     python benchmarks/benchmark_prefill_decode.py --model-name ttt-1b --mode decode \\
         --inner_net mlp_2_dual_triton mlp_2_primal_triton --batch 64 128 256 512 --json
     python benchmarks/benchmark_prefill_decode.py --model-name ttt-1b --mode decode --no_cg --batch 512
+    python benchmarks/benchmark_prefill_decode.py --model-name mamba-1.4b --batch 64 256 512 1024
+    python benchmarks/benchmark_prefill_decode.py --model-name ttt-1b mamba-1.4b \\
+        --inner_net mlp_1_dual_triton mlp_2_dual_triton --batch 64 128 256 512 1024 2048 --json --plot
     python benchmarks/benchmark_prefill_decode.py --model-name ttt-profile --batch 512 --genlen 32 --profile
     python benchmarks/benchmark_prefill_decode.py --device cpu --model-name ttt-tiny --batch 2 --genlen 20
 
@@ -13,15 +17,24 @@ median counts. Throughput counts generated tokens only: total tok/s = batch * ge
 decode_s, per-stream tok/s = genlen / decode_s. ``roofline %`` = (bytes a step must move /
 3.0 TB/s) / measured step time, the bytes being each layer's TTT weights read once per
 (sequence, head) plus q, k, v, out, the mini-batch-end weight write amortised over 16
-steps, and the model's weights. Prefill: ``--promptlen`` tokens per sequence from a
-fresh cache, timed the same way (prefill is the reference path, not a fast kernel).
+steps, and the model's weights; for Mamba, each layer's conv and SSM states read and
+written (13.5 MiB per sequence for mamba-1.4b with its fp32 SSM state, so 28.3 MB moved
+per sequence and step), x, z and y, and the weights. Prefill: ``--promptlen`` tokens
+per sequence from a fresh cache, timed the same way (prefill is the reference path, not
+a fast kernel).
+
+Several ``--model-name`` values run one after the other, each ``ttt-*`` model with every
+``--inner_net`` (other families have none). The state dtype defaults to each model's own:
+the activation dtype for TTT, fp32 for Mamba's SSM state.
 
 A batch that runs out of GPU memory is reported as ``oom`` and the sweep goes on; each
-run states its max stable batch. ``--profile`` writes a PyTorch profiler trace per batch
-into ``--logdir`` (``.json``: open in https://ui.perfetto.dev, summarise with
-``benchmarks/trace_summary.py``) and flame stacks (``.stacks``, for flamegraph.pl).
-``--device cpu`` runs the same code path as a functional check (Triton in its
-interpreter): its figures are not performance figures.
+run states its max stable batch. ``--plot`` draws total tok/s over batch size, a line
+per run with its max stable batch and out-of-memory batches marked, into
+``--results_dir`` (matplotlib, from the ``[bench]`` extra). ``--profile`` writes a
+PyTorch profiler trace per batch into ``--logdir`` (``.json``: open in
+https://ui.perfetto.dev, summarise with ``benchmarks/trace_summary.py``) and flame
+stacks (``.stacks``, for flamegraph.pl). ``--device cpu`` runs the same code path as a
+functional check (Triton in its interpreter): its figures are not performance figures.
 """
 
 from __future__ import annotations
@@ -40,11 +53,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 DTYPES = ("fp16", "bf16", "fp32")
 CPU_NOTE = "functional check, not a performance figure (CPU; Triton kernels in the interpreter)"
 
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
 # Model families by name prefix -> (module, class). Each class offers from_name(name, device=, dtype=),
 # config.vocab_size and the allocate_inference_cache / prefill / step API of ttt_kernels.utils.generation
 # (optional: set_inner_net(name), decode_bytes_per_step(batch, state_dtype) for the roofline column).
 MODEL_FAMILIES = {
     "ttt-": ("ttt_kernels.models.ttt_lm", "TTTLM"),
+    "mamba-": ("ttt_kernels.models.mamba_lm", "MambaLM"),
 }
 
 
@@ -57,12 +73,14 @@ def model_class(name: str):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-name", "--model_name", dest="model_name", default="ttt-1b")
+    p.add_argument("--model-name", "--model_name", dest="model_name", nargs="+", default=["ttt-1b"],
+                   help="one model, or several run one after the other (e.g. ttt-1b mamba-1.4b)")
     p.add_argument("--mode", choices=["prefill", "decode"], default="decode")
     p.add_argument("--inner_net", nargs="+", default=["mlp_2_dual_triton"],
-                   help="TTT op(s) to run, each a separate run on the same weights (ignored by non-TTT models)")
+                   help="TTT op(s) to run, each a separate run on the same weights (ttt-* models only)")
     p.add_argument("--dtype", choices=DTYPES, default="fp16", help="weights and activations")
-    p.add_argument("--state_dtype", choices=DTYPES, default=None, help="TTT state (default: --dtype)")
+    p.add_argument("--state_dtype", choices=DTYPES, default=None,
+                   help="recurrent state (default: the model's: --dtype for TTT, fp32 for Mamba)")
     p.add_argument("--batch", type=int, nargs="+", default=[64], help="one value, or several to sweep")
     p.add_argument("--promptlen", type=int, default=1)
     p.add_argument("--genlen", type=int, default=512)
@@ -72,8 +90,11 @@ def parse_args(argv=None):
     p.add_argument("--profile", action="store_true", help="also write a profiler trace + flame stacks per batch")
     p.add_argument("--profile_steps", type=int, default=16, help="decode steps in a trace (16 = one mini-batch)")
     p.add_argument("--logdir", default="benchmarks/logs")
-    p.add_argument("--json", action="store_true", help="write benchmarks/results/<name>.json")
-    p.add_argument("--name", default=None, help="results file name (default from model, mode, dtype, cg)")
+    p.add_argument("--json", action="store_true", help="write <results_dir>/<name>.json")
+    p.add_argument("--plot", action="store_true",
+                   help="write <results_dir>/<name>.png: total tok/s over batch, a line per run (needs matplotlib)")
+    p.add_argument("--name", default=None, help="results file name (default from models, mode, dtype, cg)")
+    p.add_argument("--results_dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -162,6 +183,7 @@ def profile_to(path_stem: Path, fn, device):
 def run_one(model, args, batch, label, device, state_dtype, logdir: Path) -> dict:
     """One (run, batch) measurement; raises on OOM (the caller reports it)."""
     import torch
+
     from ttt_kernels.utils.generation import DecodeStep
 
     row = {"run": label, "batch": batch}
@@ -219,8 +241,62 @@ def speedups(rows) -> list[str]:
     return lines
 
 
+def run_points(rows, label):
+    """One run's ``[(batch, total tok/s)]`` that ran and its batches out of memory, by batch;
+    the last that ran is the max stable batch."""
+    mine = sorted((r for r in rows if r["run"] == label), key=lambda r: r["batch"])
+    return ([(r["batch"], r["total_tok_s"]) for r in mine if r["status"].startswith("ok")],
+            [r["batch"] for r in mine if r["status"] == "oom"])
+
+
+def plot_throughput(rows, path: Path, title: str) -> Path:
+    """Total tok/s over batch size (log2), one line per run; the max stable batch is ringed,
+    batches that ran out of memory are crosses in the run's colour along the batch axis
+    (stacked, a height per run, so runs that failed at the same batch stay visible)."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    oom_runs = 0
+    for label in dict.fromkeys(r["run"] for r in rows):
+        pts, oom = run_points(rows, label)
+        if pts:
+            (line,) = ax.plot(*zip(*pts), marker="o", label=f"{label} (max stable batch {pts[-1][0]})")
+            color = line.get_color()
+            ax.plot(*pts[-1], marker="o", markersize=13, mfc="none", mew=1.5, color=color)
+        else:
+            (line,) = ax.plot([], [], marker="o", label=f"{label} (no batch ran)")
+            color = line.get_color()
+        if oom:
+            ax.plot(oom, [0.03 + 0.04 * oom_runs] * len(oom), "x", color=color, ms=10, mew=2.5, clip_on=False,
+                    transform=ax.get_xaxis_transform())  # x in data, y in axes units: on the axis
+            oom_runs += 1
+    if oom_runs:
+        ax.plot([], [], "x", color="gray", ms=10, mew=2.5, label="out of memory")
+    batches = sorted({r["batch"] for r in rows})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("total tok/s")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.plot:
+        try:  # before any model is built: a sweep must not end in a missing plotting library
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("benchmark_prefill_decode: --plot needs matplotlib: pip install -e '.[bench]'", file=sys.stderr)
+            return 2
     if args.device == "cpu":
         # the Triton kernels run in Triton's interpreter; must be set before triton is imported
         os.environ["TRITON_INTERPRET"] = "1"
@@ -235,12 +311,13 @@ def main(argv=None) -> int:
 
     device = torch.device(args.device)
     dtype = as_dtype(args.dtype)
-    state_dtype = as_dtype(args.state_dtype or args.dtype)
+    state_dtype = as_dtype(args.state_dtype) if args.state_dtype else None  # None: each model's default
     logdir = Path(args.logdir)
     logdir.mkdir(parents=True, exist_ok=True)
-    cls = model_class(args.model_name)
-    ttt = hasattr(cls, "set_inner_net")
-    variants = args.inner_net if ttt else [None]
+    # (model, inner net) runs; every name is resolved before the first model is built
+    runs = [(name, variant) for name in args.model_name
+            for variant in (args.inner_net if hasattr(model_class(name), "set_inner_net") else [None])]
+    variants = list(dict.fromkeys(v for _, v in runs if v))
     mode_tag = "cg" if not args.no_cg and device.type == "cuda" else "eager"
     if args.use_compile:
         mode_tag += "+compile"
@@ -252,19 +329,21 @@ def main(argv=None) -> int:
         key = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
         setattr(torch._dynamo.config, key, max(64, getattr(torch._dynamo.config, key)))
 
-    rows, model = [], None
-    progress = Progress(len(variants) * len(args.batch))
-    for variant in variants:
-        if model is not None and variant is not None:
+    rows, model, loaded = [], None, None
+    progress = Progress(len(runs) * len(args.batch))
+    for name, variant in runs:
+        if model is not None and name == loaded and variant is not None:
             try:
                 model.set_inner_net(variant)  # same weights, another op
             except ValueError:  # another inner-net family: new weights
                 model = None
-                free_memory()
+        else:
+            model = None  # another model
         if model is None:
+            free_memory()
             kw = {"inner_net": variant} if variant is not None else {}
-            model = cls.from_name(args.model_name, device=device, dtype=dtype, **kw)
-        label = " ".join(x for x in (args.model_name, variant, mode_tag) if x)
+            model, loaded = model_class(name).from_name(name, device=device, dtype=dtype, **kw), name
+        label = " ".join(x for x in (name, variant, mode_tag) if x)
         for batch in sorted(args.batch):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
@@ -281,6 +360,8 @@ def main(argv=None) -> int:
             rows.append(row)
             progress.update(f"{label} B={batch}: {row['status']}")
     progress.close()
+    del model
+    free_memory()
 
     time_col = ("prefill_s", "prefill_s") if args.mode == "prefill" else ("decode_s", "decode_s")
     columns = [("run", "run"), ("batch", "batch"), ("total_tok_s", "total tok/s"),
@@ -291,12 +372,13 @@ def main(argv=None) -> int:
     table = markdown_table(rows, columns, fmt=".4g")
     summary = []
     for label in dict.fromkeys(r["run"] for r in rows):
-        ok = [r["batch"] for r in rows if r["run"] == label and r["status"].startswith("ok")]
-        oom = [r["batch"] for r in rows if r["run"] == label and r["status"] == "oom"]
-        summary.append(f"{label}: max stable batch {max(ok) if ok else 'none'}"
-                       + (f" (oom from {min(oom)})" if oom else ""))
+        ok, oom = run_points(rows, label)
+        summary.append(f"{label}: max stable batch {ok[-1][0] if ok else 'none'}"
+                       + (f" (oom from {oom[0]})" if oom else ""))
     summary += speedups(rows)
-    header = (f"{args.model_name} {args.mode} dtype={args.dtype} state_dtype={args.state_dtype or args.dtype} "
+    models = " + ".join(args.model_name)
+    header = (f"{models} {args.mode} dtype={args.dtype} "
+              f"state_dtype={args.state_dtype or 'per model (TTT: --dtype, Mamba: fp32)'} "
               f"promptlen={args.promptlen} genlen={args.genlen} repeats={args.repeats} "
               f"cg={not args.no_cg and device.type == 'cuda'} compile={args.use_compile} device={args.device}")
     if device.type == "cpu":
@@ -305,17 +387,23 @@ def main(argv=None) -> int:
     print(text)
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    log = logdir / f"{args.model_name}_{args.mode}_{mode_tag.replace('+', '_')}_{stamp}.log"
+    tag = "+".join(args.model_name)
+    log = logdir / f"{tag}_{args.mode}_{mode_tag.replace('+', '_')}_{stamp}.log"
     log.write_text(" ".join(["python", *sys.argv]) + "\n\n" + text + "\n")
     print(f"log: {log}")
+    batches = f"b{min(args.batch)}" + (f"-{max(args.batch)}" if len(args.batch) > 1 else "")
+    name = args.name or "_".join([args.mode, tag, "+".join(variants) or "model", args.dtype,
+                                  mode_tag.replace("+", "_"), batches])
     if args.json:
-        batches = f"b{min(args.batch)}" + (f"-{max(args.batch)}" if len(args.batch) > 1 else "")
-        name = args.name or "_".join([args.mode, args.model_name, "+".join(v for v in variants if v) or "model",
-                                      args.dtype, mode_tag.replace("+", "_"), batches])
         extra = {"settings": vars(args), "summary": summary}
         if device.type == "cpu":
             extra["note"] = CPU_NOTE
-        print(f"results: {write_results(name, rows, extra=extra)}")
+        print(f"results: {write_results(name, rows, extra=extra, results_dir=args.results_dir)}")
+    if args.plot:
+        where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU: {CPU_NOTE}"
+        title = (f"{args.mode}: {models}, {args.dtype}, promptlen {args.promptlen}, genlen {args.genlen}, "
+                 f"{mode_tag}\n{where}")
+        print(f"plot: {plot_throughput(rows, args.results_dir / f'{name}.png', title)}")
     return 0
 
 

@@ -72,12 +72,17 @@ def test_trace_summary_synthetic(tmp_path):
     assert lines[4].endswith("[memcpy] Memcpy DtoD (Device -> Device)")
 
 
-def test_oom_is_recognised_through_a_failed_capture():
+def import_benchmark():
     sys.path.insert(0, str(BENCH))
     try:
-        import benchmark_prefill_decode as bench
+        import benchmark_prefill_decode
     finally:
         sys.path.remove(str(BENCH))
+    return benchmark_prefill_decode
+
+
+def test_oom_is_recognised_through_a_failed_capture():
+    bench = import_benchmark()
     import torch
     assert bench.is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     try:  # an allocation failure inside a graph capture resurfaces as another error at capture end
@@ -88,3 +93,48 @@ def test_oom_is_recognised_through_a_failed_capture():
     except RuntimeError as e:
         assert bench.is_oom(e)
     assert not bench.is_oom(ValueError("bad shape"))
+
+
+def test_mamba_next_to_ttt_cpu_smoke(tmp_path):
+    """Several --model-name values in one run, the Mamba family among them: inner nets apply to
+    the TTT model only, every run gets its table row, max stable batch and JSON rows."""
+    r = run("benchmark_prefill_decode.py", "--device", "cpu", "--model-name", "ttt-tiny", "mamba-tiny",
+            "--inner_net", "mlp_1_dual", "--batch", "1", "2", "--genlen", "4", "--logdir", tmp_path,
+            "--json", "--results_dir", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ttt-tiny + mamba-tiny decode")
+    for label in ("ttt-tiny mlp_1_dual eager", "mamba-tiny eager"):
+        assert f"{label}: max stable batch 2" in r.stdout
+        for b in (1, 2):
+            row = next(line for line in r.stdout.splitlines() if line.startswith(f"| {label} | {b} |"))
+            assert row.rstrip().endswith("| ok (cpu) |")
+    assert "mamba-tiny mlp_1_dual" not in r.stdout
+    data = json.loads((tmp_path / "decode_ttt-tiny+mamba-tiny_mlp_1_dual_fp16_eager_b1-2.json").read_text())
+    mamba = [row for row in data["rows"] if row["run"] == "mamba-tiny eager"]
+    assert [row["batch"] for row in mamba] == [1, 2]
+    # 2 layers x 256 channels: fp32 SSM (16) and fp16 conv (4) states read and written, plus x, z, y, dt_low/B/C
+    per_seq = 2 * (2 * 256 * (16 * 4 + 4 * 2) + 3 * 256 * 2 + (8 + 32) * 2)
+    assert mamba[1]["bytes_per_step_gb"] - mamba[0]["bytes_per_step_gb"] == pytest.approx(per_seq / 1e9)
+
+
+def test_plot_of_a_batch_sweep(tmp_path):
+    """--plot on a tiny CPU sweep writes the PNG; the plotting itself draws OOM batches too."""
+    pytest.importorskip("matplotlib")
+    r = run("benchmark_prefill_decode.py", "--device", "cpu", "--model-name", "mamba-tiny", "--batch", "1", "2",
+            "--genlen", "2", "--logdir", tmp_path, "--plot", "--results_dir", tmp_path, "--name", "sweep")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")
+    bench = import_benchmark()
+    rows = [{"run": "a", "batch": 64, "total_tok_s": 1e3, "status": "ok"},
+            {"run": "a", "batch": 128, "status": "oom"},
+            {"run": "b", "batch": 64, "status": "oom"}]
+    assert bench.run_points(rows, "a") == ([(64, 1e3)], [128])
+    path = bench.plot_throughput(rows, tmp_path / "sub" / "synthetic.png", "title")
+    assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_plot_without_matplotlib_says_so(monkeypatch, capsys):
+    bench = import_benchmark()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    assert bench.main(["--device", "cpu", "--model-name", "mamba-tiny", "--plot"]) == 2
+    assert "--plot needs matplotlib" in capsys.readouterr().err

@@ -80,3 +80,53 @@ def test_numerics_drift_cpu(tmp_path):
     for row in data["rows"]:
         assert 0 <= row["out_rel_err"] < 2e-2 and 0 <= row["W_rel_err"] < 2e-2, row
     assert "| 16 |" in r.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit")
+def test_micro_benchmark_mamba_without_gpu_exits_2():
+    r = run_script("benchmarks/micro_benchmark.py", "--op", "mamba", "--batch", "1")
+    assert r.returncode == 2 and "needs a CUDA GPU" in r.stderr
+    r = run_script("benchmarks/micro_benchmark.py", "--op", "mamba", "--lines", "dual")
+    assert r.returncode == 2 and "--op mamba has no line(s) dual" in r.stderr
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's import, for the TTT ref compile line
+def test_micro_benchmark_lines_run_on_cpu(monkeypatch, capsys):
+    """The timing needs CUDA, but each line's 16 steps and the Mamba cross-check run anywhere:
+    here on the CPU (Triton's interpreter), at toy sizes. A stand-in for mamba-ssm's two
+    kernels (our references, which follow its definitions) exercises its line's plumbing."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import micro_benchmark as mb
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from ttt_kernels.ops.mamba import causal_conv1d_update_ref, selective_state_update_ref
+    monkeypatch.setattr(mb, "DEVICE", "cpu")
+
+    def ssu(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+        return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus).to(x.dtype)
+
+    def ccu(x, conv_state, weight, bias=None, activation=None):
+        return causal_conv1d_update_ref(x, conv_state, weight, bias, silu=activation == "silu").to(x.dtype)
+
+    monkeypatch.setattr(mb, "load_mamba_ssm", lambda: (ssu, ccu))
+    bench = mb.MambaBench(mb.parse_args(["--op", "mamba", "--d_model", "32", "--batch", "3"]))
+    for line in ("fused", "ref", "mamba_ssm"):
+        for step in bench.steps(line, 3):
+            step()
+    assert [c["against"] for c in bench.checks] == ["ref", "mamba_ssm"]
+    for c in bench.checks:
+        assert c["batch"] == 3 and c["conv_state"] == 0 and c["y"] < 1e-2 and c["ssm_state"] < 1e-4, c
+    assert "cross-check, fused vs mamba_ssm" in capsys.readouterr().err
+    m = bench.mixer  # d_inner 64, dt_rank 2: per sequence both states twice, x, z, y, dt_low/B/C; the weights
+    weights = 64 * 4 * 2 + 64 * 2 + 34 * 64 * 2 + 64 * 2 * 2 + 64 * 2 + 64 * 16 * 4 + 64 * 4
+    assert bench.floor_bytes(3) == m.step_bytes(3) == 3 * (2 * 64 * (16 * 4 + 4 * 2) + 3 * 64 * 2 + 34 * 2) + weights
+
+    ttt = mb.TTTBench(mb.parse_args(["--inner_net", "mlp_1", "--heads", "1", "--head_dim", "16"]))
+    for line in ("dual", "primal"):
+        steps = ttt.steps(line, 2)
+        ttt.out.fill_(float("nan"))
+        for step in steps:
+            step()
+        assert torch.isfinite(ttt.out).all(), line
+    assert ttt.floor_bytes(2) == decode_floor_bytes("mlp_1", 2, 1, 16, "fp16", "fp16")

@@ -1,13 +1,29 @@
-"""Configurations of the TTT language models (sizes of the TTT paper's models)."""
+"""Configurations of the language models: the TTT paper's sizes and Mamba (v1) baselines."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 
+class _ConfigIO:
+    """JSON round trip of a config dataclass (``save_pretrained`` / ``from_pretrained``)."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
+        return cls(**d)
+
+
 @dataclass
-class TTTConfig:
+class TTTConfig(_ConfigIO):
     hidden_size: int = 2048
     intermediate_size: int = 5504
     num_hidden_layers: int = 24
@@ -27,16 +43,32 @@ class TTTConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "TTTConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TTTConfig fields: {unknown}")
-        return cls(**d)
+@dataclass
+class MambaConfig(_ConfigIO):
+    """Mamba (v1) LM, mamba-ssm's ``MambaLMHeadModel`` layout: RMSNorm, residual in fp32,
+    tied embeddings, no MLP."""
+    d_model: int = 2048
+    n_layer: int = 48
+    vocab_size: int = 32000
+    pad_vocab_size_multiple: int = 8  # embedding rows, so the LM-head GEMM stays aligned
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int | None = None  # ceil(d_model / 16) when None
+    rms_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    use_triton: bool = True  # the fused Triton step; False: the PyTorch reference step
+    seed: int = 0  # of the random init
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.pad_vocab_size_multiple
+        return math.ceil(self.vocab_size / m) * m
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
 
 
 _1B = dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=32)
@@ -51,8 +83,19 @@ CONFIGS = {
                      vocab_size=512),  # tests and CPU functional runs
 }
 
+# mamba-ssm's model sizes (their 50277-token vocabulary replaced by ours, 32000)
+MAMBA_CONFIGS = {
+    "mamba-130m": dict(d_model=768, n_layer=24),
+    "mamba-370m": dict(d_model=1024, n_layer=48),
+    "mamba-790m": dict(d_model=1536, n_layer=48),
+    "mamba-1.4b": dict(d_model=2048, n_layer=48),
+    "mamba-tiny": dict(d_model=128, n_layer=2),  # tests and CPU functional runs
+}
 
-def get_config(name: str, **overrides) -> TTTConfig:
-    if name not in CONFIGS:
-        raise ValueError(f"unknown TTT config {name!r}; known: {sorted(CONFIGS)}")
-    return TTTConfig(**{**CONFIGS[name], **overrides})
+
+def get_config(name: str, **overrides) -> TTTConfig | MambaConfig:
+    """The named config (a ``TTTConfig`` for ``ttt-*``, a ``MambaConfig`` for ``mamba-*``)."""
+    for table, cls in ((CONFIGS, TTTConfig), (MAMBA_CONFIGS, MambaConfig)):
+        if name in table:
+            return cls(**{**table[name], **overrides})
+    raise ValueError(f"unknown model config {name!r}; known: {sorted([*CONFIGS, *MAMBA_CONFIGS])}")

@@ -11,22 +11,17 @@ then a final RMSNorm and the LM head, tied to the token embedding.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..modules.mlp import SwiGLU
 from ..modules.norm import RMSNorm
-from ..modules.ttt_layer import (TTTLayer, TTTLayerCache, conv_apply_full, conv_prefill_inputs, conv_step,
-                                 prefill_plan)
+from ..modules.ttt_layer import TTTLayer, TTTLayerCache, conv_apply_full, conv_prefill_inputs, conv_step
 from ..utils.generation import InferenceCache
-from .config import TTTConfig, get_config
-
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+from ._common import RecurrentLM, read_config
+from .config import TTTConfig
 
 
 @dataclass
@@ -60,39 +55,43 @@ class TTTBlock(nn.Module):
         cache.pre_conv.zero_()
         self.mixer.reset_inference_cache(cache.mixer)
 
+    @property
+    def fused(self) -> bool:
+        """Fused kernels around the TTT op too (norms, convs) when the op is a fused kernel."""
+        return self.mixer.spec.kernel
+
     def step(self, hidden, residual, cache: TTTBlockCache):
-        h, residual = self.conv_norm(hidden, residual, prenorm=True)
-        h = conv_step(h, cache.pre_conv, self.pre_conv, fused=self.mixer.spec.kernel)
-        h, residual = self.seq_norm(h, residual, prenorm=True)
+        fused = self.fused
+        h, residual = self.conv_norm(hidden, residual, prenorm=True, fused=fused)
+        h = conv_step(h, cache.pre_conv, self.pre_conv, fused=fused)
+        h, residual = self.seq_norm(h, residual, prenorm=True, fused=fused)
         h = self.mixer.step(h, cache.mixer)
-        h, residual = self.ffn_norm(h, residual, prenorm=True)
+        h, residual = self.ffn_norm(h, residual, prenorm=True, fused=fused)
         return self.mlp(h), residual
 
     def prefill(self, hidden, residual, cache: TTTBlockCache, lengths: torch.Tensor):
-        h, residual = self.conv_norm(hidden, residual, prenorm=True)
+        fused = self.fused
+        h, residual = self.conv_norm(hidden, residual, prenorm=True, fused=fused)
         h = conv_apply_full(conv_prefill_inputs(h, cache.pre_conv, lengths), self.pre_conv, h.dtype)
-        h, residual = self.seq_norm(h, residual, prenorm=True)
+        h, residual = self.seq_norm(h, residual, prenorm=True, fused=fused)
         h = self.mixer.prefill(h, cache.mixer, lengths)
-        h, residual = self.ffn_norm(h, residual, prenorm=True)
+        h, residual = self.ffn_norm(h, residual, prenorm=True, fused=fused)
         return self.mlp(h), residual
 
 
-class TTTLM(nn.Module):
+class TTTLM(RecurrentLM):
+    """Decode and prefill as :class:`RecurrentLM` runs them, block by block (how a TTT layer
+    prefills is :meth:`TTTLayer.prefill`'s business)."""
+
+    config_class = TTTConfig
+
     def __init__(self, config: TTTConfig, device=None, dtype=torch.float32, init: bool = True):
-        super().__init__()
-        self.config = config
         kw = dict(device=device, dtype=dtype)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, **kw)
-        self.layers = nn.ModuleList(TTTBlock(config, **kw) for _ in range(config.num_hidden_layers))
-        self.norm_f = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
+        super().__init__(config, (TTTBlock(config, **kw) for _ in range(config.num_hidden_layers)),
+                         config.hidden_size, config.vocab_size, config.rms_norm_eps, **kw)
         if init:
             self._init_weights()
         self.requires_grad_(False)
-
-    @classmethod
-    def from_name(cls, name: str, device=None, dtype=torch.float32, **overrides) -> "TTTLM":
-        """A named config (``ttt-1b``, ``ttt-tiny``, ...) with seeded random weights."""
-        return cls(get_config(name, **overrides), device=device, dtype=dtype)
 
     @torch.no_grad()
     def _init_weights(self) -> None:
@@ -135,14 +134,6 @@ class TTTLM(nn.Module):
 
     # ---- cache
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.embed_tokens.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.embed_tokens.weight.device
-
     def allocate_inference_cache(self, batch: int, state_dtype=None) -> InferenceCache:
         """Fresh states for ``batch`` sequences; the TTT state dtype defaults to the model's."""
         state_dtype = self.dtype if state_dtype is None else state_dtype
@@ -156,48 +147,11 @@ class TTTLM(nn.Module):
             blk.reset_inference_cache(c)
         cache.positions.zero_()
 
-    # ---- decode
-
-    @torch.no_grad()
-    def step(self, input_ids: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
-        """``input_ids [B] -> logits [B, V]``, one token per sequence at ``cache.positions``,
-        which it then advances by one. No host sync: safe to capture in a CUDA graph."""
-        if input_ids.shape != cache.positions.shape:
-            raise ValueError(f"input_ids must be [{cache.batch_size}], got {tuple(input_ids.shape)}")
-        hidden, residual = F.embedding(input_ids, self.embed_tokens.weight), None
-        for blk, c in zip(self.layers, cache.layers):
-            hidden, residual = blk.step(hidden, residual, c)
-        logits = F.linear(self.norm_f(hidden, residual), self.embed_tokens.weight)
-        cache.positions.add_(1)  # once, after every layer read it
-        return logits
-
-    @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, cache: InferenceCache, lengths=None) -> torch.Tensor:
-        """``input_ids [B, T]`` (right-padded to ``T`` when ``lengths [B]`` is given, each in 1..T)
-        continuing from ``cache``. Returns each sequence's last prompt token's logits ``[B, V]``
-        and leaves in ``cache`` exactly the state decode continues from (positions advanced by
-        the lengths). A reference path: layer by layer, the TTT part token by token except
-        for whole aligned mini-batches."""
-        B, T = input_ids.shape
-        if B != cache.batch_size or T < 1:
-            raise ValueError(f"input_ids must be [{cache.batch_size}, T >= 1], got {tuple(input_ids.shape)}")
-        # checks lengths and positions up front (each layer plans again; cheap next to a prefill)
-        _, lengths_t, _, _ = prefill_plan(cache.positions, lengths, T, self.config.mini_batch_size)
-        hidden, residual = F.embedding(input_ids, self.embed_tokens.weight), None
-        for blk, c in zip(self.layers, cache.layers):
-            hidden, residual = blk.prefill(hidden, residual, c, lengths_t)
-        dev = input_ids.device
-        rows, last = torch.arange(B, device=dev), lengths_t - 1
-        logits = F.linear(self.norm_f(hidden[rows, last], residual[rows, last]), self.embed_tokens.weight)
-        cache.positions.add_(lengths_t)
-        return logits
-
     # ---- bytes a decode step must move (the roofline of the benchmarks)
 
-    def decode_weight_bytes(self) -> int:
-        """Weights a step reads: all but the inner nets' initial weights, which only seed the state."""
-        seed = {id(p) for blk in self.layers for p in blk.mixer.inner_params()}
-        return sum(p.numel() * p.element_size() for p in self.parameters() if id(p) not in seed)
+    def state_seed_params(self) -> list[torch.Tensor]:
+        """The inner nets' initial weights: they only seed the TTT state."""
+        return [p for blk in self.layers for p in blk.mixer.inner_params()]
 
     def decode_bytes_per_step(self, batch: int, state_dtype=None) -> int:
         """Per step: each layer's inner-net weights read once per (sequence, head) plus q, k, v, out
@@ -212,31 +166,16 @@ class TTTLM(nn.Module):
         per_layer = decode_floor_bytes(inner, batch, H, f, sdt, self.dtype) + write
         return int(c.num_hidden_layers * per_layer) + self.decode_weight_bytes()
 
-    # ---- save / load
-
-    def save_pretrained(self, path) -> None:
-        from safetensors.torch import save_file
-        os.makedirs(path, exist_ok=True)
-        with open(os.path.join(path, CONFIG_FILE), "w") as fh:
-            json.dump(self.config.to_dict(), fh, indent=1)
-        # the LM head is the embedding (tied), so it is stored once
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
-                  os.path.join(path, WEIGHTS_FILE))
+    # ---- load
 
     @classmethod
-    def from_pretrained(cls, path, device=None, dtype=None, inner_net: str | None = None) -> "TTTLM":
+    def from_pretrained(cls, path, device=None, dtype=None, inner_net: str | None = None) -> TTTLM:
         """Load ``save_pretrained``'s directory; ``dtype`` defaults to the saved one,
         ``inner_net`` switches the TTT op (same family)."""
-        from safetensors.torch import load_file
-        with open(os.path.join(path, CONFIG_FILE)) as fh:
-            config = TTTConfig.from_dict(json.load(fh))
+        config = read_config(path, TTTConfig)
         if inner_net is not None:
             from ..modules.ttt_layer import get_inner_net
             if get_inner_net(inner_net).inner != get_inner_net(config.inner_net).inner:
                 raise ValueError(f"{inner_net} does not fit weights saved for {config.inner_net}")
             config.inner_net = inner_net
-        tensors = load_file(os.path.join(path, WEIGHTS_FILE))
-        dtype = tensors["embed_tokens.weight"].dtype if dtype is None else dtype
-        model = cls(config, device=device, dtype=dtype, init=False)
-        model.load_state_dict(tensors, strict=True)
-        return model
+        return cls._load_pretrained(path, config, device=device, dtype=dtype)

@@ -12,14 +12,23 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils import skip_init
 
 from ..ops.mamba import mamba_scan_ref, mamba_step, mamba_step_ref
+
+
+@torch.compiler.disable
+def _fused_step(*args):
+    # the Triton launches (and their argument checks) stay outside torch.compile's graphs
+    return mamba_step(*args)
 
 
 class Mamba(nn.Module):
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank=None,
                  dt_min: float = 1e-3, dt_max: float = 1e-1, dt_init_floor: float = 1e-4, seed: int = 0,
-                 device=None, dtype=torch.float32, use_triton: bool = True):
+                 device=None, dtype=torch.float32, use_triton: bool = True, init: bool = True):
+        """``init=False`` leaves the random-drawn weights uninitialised (for a state dict to be
+        loaded, or a ``meta``-device model that only counts bytes)."""
         super().__init__()
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner = expand * d_model
@@ -27,40 +36,56 @@ class Mamba(nn.Module):
         self.use_triton = use_triton
         d, r = self.d_inner, self.dt_rank
 
-        # mamba-ssm's init, drawn on the CPU from our own generator so a seed gives the same
-        # weights on every device and the global RNG is left alone
-        g = torch.Generator().manual_seed(seed)
-
-        def uniform(shape, bound):
-            return (torch.rand(shape, generator=g) * 2 - 1) * bound
-
-        self.in_proj = nn.Linear(d_model, 2 * d, bias=False)
-        self.conv1d = nn.Conv1d(d, d, d_conv, groups=d, padding=d_conv - 1, bias=True)
-        self.x_proj = nn.Linear(d, r + 2 * d_state, bias=False)
-        self.dt_proj = nn.Linear(r, d, bias=True)
-        self.out_proj = nn.Linear(d, d_model, bias=False)
-        with torch.no_grad():
-            # nn.Linear / nn.Conv1d defaults (kaiming_uniform(a=sqrt(5)) is U(+-1/sqrt(fan_in)))
-            for lin in (self.in_proj, self.x_proj, self.out_proj):
-                lin.weight.copy_(uniform(lin.weight.shape, lin.in_features ** -0.5))
-            self.conv1d.weight.copy_(uniform(self.conv1d.weight.shape, d_conv ** -0.5))
-            self.conv1d.bias.copy_(uniform((d,), d_conv ** -0.5))
-            self.dt_proj.weight.copy_(uniform((d, r), r ** -0.5))
-            # dt log-uniform in [dt_min, dt_max]; the bias is its inverse softplus
-            dt = torch.exp(torch.rand(d, generator=g) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-            dt = dt.clamp(min=dt_init_floor)
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        self.to(device=device, dtype=dtype)
+        # every weight is drawn below (or loaded): skip torch's default init
+        device = torch.get_default_device() if device is None else device  # skip_init reads None as meta
+        kw = dict(device=device, dtype=dtype)
+        self.in_proj = skip_init(nn.Linear, d_model, 2 * d, bias=False, **kw)
+        self.conv1d = skip_init(nn.Conv1d, d, d, d_conv, groups=d, padding=d_conv - 1, bias=True, **kw)
+        self.x_proj = skip_init(nn.Linear, d, r + 2 * d_state, bias=False, **kw)
+        self.dt_proj = skip_init(nn.Linear, r, d, bias=True, **kw)
+        self.out_proj = skip_init(nn.Linear, d, d_model, bias=False, **kw)
+        if init:
+            self._init_weights(seed, dt_min, dt_max, dt_init_floor)
         # A = -(1, 2, ..., d_state) per channel
         A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(d, 1)
         self.A_log = nn.Parameter(torch.log(A))
         self.D = nn.Parameter(torch.ones(d, device=device))
         self.requires_grad_(False)
 
-    def _weights(self):
+    @torch.no_grad()
+    def _init_weights(self, seed, dt_min, dt_max, dt_init_floor) -> None:
+        """mamba-ssm's init, drawn in fp32 on the CPU from our own generator, so a seed gives
+        the same weights on every device and the global RNG is left alone."""
+        g = torch.Generator().manual_seed(seed)
+        d, r, d_conv = self.d_inner, self.dt_rank, self.d_conv
+
+        def uniform(p, bound):
+            p.copy_((torch.rand(p.shape, generator=g) * 2 - 1) * bound)
+
+        # nn.Linear / nn.Conv1d defaults (kaiming_uniform(a=sqrt(5)) is U(+-1/sqrt(fan_in)))
+        for lin in (self.in_proj, self.x_proj, self.out_proj):
+            uniform(lin.weight, lin.in_features ** -0.5)
+        uniform(self.conv1d.weight, d_conv ** -0.5)
+        uniform(self.conv1d.bias, d_conv ** -0.5)
+        uniform(self.dt_proj.weight, r ** -0.5)
+        # dt log-uniform in [dt_min, dt_max]; the bias is its inverse softplus
+        dt = torch.exp(torch.rand(d, generator=g) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    def step_weights(self):
         """The step's weights in :func:`mamba_step`'s order (the conv weight as ``[d_inner, d_conv]``)."""
         return (self.conv1d.weight.view(self.d_inner, self.d_conv), self.conv1d.bias, self.x_proj.weight,
                 self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D)
+
+    def step_bytes(self, batch: int, state_dtype=torch.float32, weights: bool = True) -> int:
+        """Bytes a decode step between in_proj and out_proj must move: per sequence both states
+        read and written (the conv state in the activation dtype), x and z read, y written and
+        x_proj's output (dt_low, B, C) read; with ``weights``, also :meth:`step_weights` read once."""
+        a, s, d = self.in_proj.weight.element_size(), state_dtype.itemsize, self.d_inner
+        per_seq = 2 * d * (self.d_state * s + self.d_conv * a) + 3 * d * a + (self.dt_rank + 2 * self.d_state) * a
+        w = sum(t.numel() * t.element_size() for t in self.step_weights()) if weights else 0
+        return batch * per_seq + w
 
     def allocate_inference_cache(self, batch: int, dtype=None, state_dtype=torch.float32):
         """``(conv_state [B, d_inner, d_conv], ssm_state [B, d_inner, d_state])``, zeros; the conv
@@ -77,8 +102,8 @@ class Mamba(nn.Module):
         conv_state, ssm_state = cache
         xz = F.linear(hidden, self.in_proj.weight)
         x, z = xz[:, :self.d_inner], xz[:, self.d_inner:]  # row-strided views: the kernels take them as they are
-        step = mamba_step if self.use_triton else mamba_step_ref
-        y = step(x, z, conv_state, ssm_state, *self._weights())
+        step = _fused_step if self.use_triton else mamba_step_ref
+        y = step(x, z, conv_state, ssm_state, *self.step_weights())
         return F.linear(y, self.out_proj.weight)
 
     @torch.no_grad()
@@ -96,8 +121,8 @@ class Mamba(nn.Module):
                 raise ValueError(f"lengths must be [{hidden.shape[0]}] values in 0..{T}")
         xz = F.linear(hidden, self.in_proj.weight)
         x, z = xz[..., :self.d_inner], xz[..., self.d_inner:]
-        y, new_conv, new_ssm = mamba_scan_ref(x, z, *self._weights(), conv_state=conv_state, ssm_state=ssm_state,
-                                              lengths=lengths)
+        y, new_conv, new_ssm = mamba_scan_ref(x, z, *self.step_weights(), conv_state=conv_state,
+                                              ssm_state=ssm_state, lengths=lengths)
         conv_state.copy_(new_conv)
         ssm_state.copy_(new_ssm)
         return F.linear(y, self.out_proj.weight)
