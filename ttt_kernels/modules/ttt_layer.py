@@ -68,6 +68,9 @@ INNER_NETS = {
 # mini-batch start neither the dual cache nor the primal gradient sums are read)
 _MINIBATCH_REFS = {"mlp_1": ("ttt_kernels.ops.ttt_linear", "ttt_linear_minibatch_dual_ref"),
                    "mlp_2": ("ttt_kernels.ops.ttt_mlp", "ttt_mlp_minibatch_dual_ref")}
+# whole prompts in one launch, for the fused dual-form inner nets (any start, length, ragged)
+_PREFILL_KERNELS = {"mlp_1": ("ttt_kernels.ops.ttt_linear", "ttt_linear_prefill"),
+                    "mlp_2": ("ttt_kernels.ops.ttt_mlp", "ttt_mlp_prefill")}
 
 
 def get_inner_net(name: str) -> InnerNet:
@@ -280,7 +283,7 @@ class TTTLayer(nn.Module):
         z = self._ttt(q, k, self._heads(v).contiguous(), lr, positions, cache.ttt)
         return self._output(z, gate, fused)
 
-    # ---- prefill (a reference path: correctness over speed)
+    # ---- prefill: one fused launch per layer for the dual-form kernels, else a reference path
 
     @torch.no_grad()
     def prefill(self, x: torch.Tensor, cache: TTTLayerCache, lengths=None) -> torch.Tensor:
@@ -289,8 +292,9 @@ class TTTLayer(nn.Module):
         padding: outputs there are garbage, state untouched). Leaves the positions to their
         owner, like :meth:`step`.
 
-        Whole mini-batches that start at the same phase 0 for every sequence run in matrix
-        form; everything else goes token by token through the decode op.
+        A fused dual-form inner net runs every prompt whole in its prefill kernel. The
+        reference inner nets run whole mini-batches that start at the same phase 0 for every
+        sequence in matrix form, and everything else token by token through the decode op.
         """
         lengths_host, lengths, positions, start_phase = prefill_plan(cache.positions, lengths, x.shape[1],
                                                                      self.mini_batch)
@@ -298,6 +302,15 @@ class TTTLayer(nn.Module):
         q = self._heads(conv_apply_full(conv_prefill_inputs(xqk, cache.q_conv, lengths), self.conv_q, x.dtype))
         k = self._heads(conv_apply_full(conv_prefill_inputs(xqk, cache.k_conv, lengths), self.conv_k, x.dtype))
         q, k, v = self.rotary(q, positions), self.rotary(k, positions), self._heads(v)
+        if self.spec.kernel and self.spec.form == "dual":
+            module, fn = _PREFILL_KERNELS[self.inner]
+            # the kernel reads each token's heads as one block (the conv leaves q, k channel-major);
+            # positions and lengths were checked by prefill_plan: no second host sync
+            z = getattr(importlib.import_module(module), fn)(
+                q.contiguous(), k.contiguous(), v, lr, cache.positions, self.ttt_norm_weight, self.ttt_norm_bias,
+                self.token_idx_bias, cache.ttt, lengths=None if min(lengths_host) == x.shape[1] else lengths,
+                check_positions=False)
+            return self._output(z, gate, fused=True)
         z = torch.zeros_like(q)  # padding tokens past every prompt stay 0
         K, T = self.mini_batch, x.shape[1]
         min_len = min(lengths_host)

@@ -140,3 +140,80 @@ def conv_state_step(x, cs_ptr, w_ptr, bias_ptr, d, dm, K: tl.constexpr, KP: tl.c
     if HAS_BIAS:
         acc += tl.load(bias_ptr + d, mask=dm, other=0.0).to(tl.float32)
     return acc
+
+
+# ---- prefill: one program per (sequence, head) walks its prompt window by window, a window
+# being one whole mini-batch of absolute positions [m*K, (m+1)*K). Row r of a window is prompt
+# token s = w*K + r - t0 (t0: the start position's index in its mini-batch); rows s < 0 are the
+# mini-batch so far that the state's cache holds, rows s >= the prompt's length are absent.
+
+@triton.jit
+def prefill_program(pos_ptr, len_ptr, tib_ptr, ln_w_ptr, ln_b_ptr, cols, cm, H: tl.constexpr, F: tl.constexpr,
+                    K: tl.constexpr):
+    """This program's sequence ``b`` and head ``h`` (``bh = b * H + h``, 64-bit), the start's index
+    ``t0`` in its mini-batch, the prompt length ``n``, the number of windows, ``eta`` of each row,
+    ``eta`` of the last row (the update's) and the TTT norm's ``gamma, beta``."""
+    bh = tl.program_id(0).to(tl.int64)
+    b, h = bh // H, bh % H
+    rows = tl.arange(0, K)
+    t0 = (tl.load(pos_ptr + b) % K).to(tl.int32)
+    n = tl.load(len_ptr + b).to(tl.int32)
+    eta = tl.maximum(1.0 / (rows + 1).to(tl.float32) + tl.load(tib_ptr + rows).to(tl.float32), 0.0)
+    eta_last = tl.maximum(1.0 / K + tl.load(tib_ptr + K - 1).to(tl.float32), 0.0)
+    gamma = tl.load(ln_w_ptr + h * F + cols, mask=cm, other=0.0).to(tl.float32)
+    beta = tl.load(ln_b_ptr + h * F + cols, mask=cm, other=0.0).to(tl.float32)
+    return bh, b, h, t0, n, tl.cdiv(t0 + n, K), eta, eta_last, gamma, beta
+
+
+@triton.jit
+def load_prefill_rows(q_ptr, k_ptr, v_ptr, lr_ptr, b, h, s, n, sq_b, sq_t, sk_b, sk_t, sv_b, sv_t, T, cols, cm,
+                      H: tl.constexpr, F: tl.constexpr):
+    """Prompt tokens ``s`` (one per row) of sequence ``b``, head ``h``: ``q, k, v`` in their
+    dtype (``[B, T, H, f]`` with strides ``s*_b, s*_t`` and contiguous heads) and ``lr`` in fp32
+    (``[B, T, H]`` contiguous); rows outside the prompt ``[0, n)`` come out zero."""
+    valid = (s >= 0) & (s < n)
+    m = valid[:, None] & cm[None, :]
+    # a 64-bit offset per sequence, 32-bit ones inside it (the launcher checks T * stride < 2**31)
+    q = tl.load(q_ptr + (b * sq_b + h * F) + (s[:, None] * sq_t + cols[None, :]), mask=m, other=0.0)
+    k = tl.load(k_ptr + (b * sk_b + h * F) + (s[:, None] * sk_t + cols[None, :]), mask=m, other=0.0)
+    v = tl.load(v_ptr + (b * sv_b + h * F) + (s[:, None] * sv_t + cols[None, :]), mask=m, other=0.0)
+    lr = tl.load(lr_ptr + (b * T * H + h) + s * H, mask=valid, other=0.0).to(tl.float32)
+    return q, k, v, lr
+
+
+@triton.jit
+def with_cached_rows(kc_ptr, vc_ptr, lrc_ptr, bh, t0, k, v, lr, cols, cm, F: tl.constexpr, K: tl.constexpr):
+    """The first window's rows ``r < t0`` taken from the dual state's mini-batch cache."""
+    rows = tl.arange(0, K)
+    cached = rows < t0
+    m = cached[:, None] & cm[None, :]
+    off = bh * K * F + rows[:, None] * F + cols[None, :]
+    k = tl.where(m, tl.load(kc_ptr + off, mask=m, other=0.0), k)
+    v = tl.where(m, tl.load(vc_ptr + off, mask=m, other=0.0), v)
+    lr = tl.where(cached, tl.load(lrc_ptr + bh * K + rows, mask=cached, other=0.0), lr)
+    return k, v, lr
+
+
+@triton.jit
+def causal_dual_weights(S, eta, K: tl.constexpr):
+    """``eta_i * (S_ij + 1)`` for ``j <= i``, else 0 (``S [K, K]``): the weight of row ``j``'s
+    gradient in row ``i``'s output, the dual form's causal correction."""
+    rows = tl.arange(0, K)
+    return tl.where(rows[None, :] <= rows[:, None], (S + 1.0) * eta[:, None], 0.0)
+
+
+@triton.jit
+def finish_prefill_window(out_ptr, out, kc_ptr, vc_ptr, lrc_ptr, k, v, lr, b, h, bh, s, n, T, cols, cm,
+                          H: tl.constexpr, F: tl.constexpr, K: tl.constexpr):
+    """Store the window's outputs (prompt rows only; ``out`` is ``[B, T, H, f]`` contiguous) and,
+    if the prompt ends inside this window, its rows so far into the mini-batch cache."""
+    valid = (s >= 0) & (s < n)
+    tl.store(out_ptr + (b * T * H + h) * F + (s[:, None] * (H * F) + cols[None, :]),
+             out.to(out_ptr.dtype.element_ty), mask=valid[:, None] & cm[None, :])
+    rows = tl.arange(0, K)
+    keep = (s < n) & (s + (K - 1 - rows) >= n)  # the rows so far of a mini-batch the prompt ends inside
+    m = keep[:, None] & cm[None, :]
+    off = bh * K * F + rows[:, None] * F + cols[None, :]
+    tl.store(kc_ptr + off, k.to(kc_ptr.dtype.element_ty), mask=m)
+    tl.store(vc_ptr + off, v.to(vc_ptr.dtype.element_ty), mask=m)
+    tl.store(lrc_ptr + bh * K + rows, lr, mask=keep)

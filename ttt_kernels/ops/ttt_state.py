@@ -171,3 +171,50 @@ def check_out(out, q: torch.Tensor) -> torch.Tensor:
         return torch.empty_like(q)
     _check_tensor("out", out, q.shape, (q.dtype,), q.device)
     return out
+
+
+def check_prefill_args(inner_net: str, q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state, lengths, out,
+                       check_positions: bool):
+    """Validate a prefill's arguments before anything is written (shared by both inner nets).
+
+    Returns ``(B, T, H, f, K, lengths, out)``: ``lengths`` as a device tensor (``T`` for every
+    sequence when None), ``out`` the given buffer or a new one (zeros past ragged prompts).
+    ``check_positions`` reads ``pos`` and ``lengths`` back to the host (a synchronisation).
+    """
+    if not isinstance(q, torch.Tensor) or q.dim() != 4:
+        raise ValueError(f"q must be a [B, T, H, f] tensor, got {getattr(q, 'shape', type(q).__name__)}")
+    B, T, H, f = q.shape
+    dev = q.device
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        _check_tensor(name, x, (B, T, H, f), FLOAT_DTYPES[:3] if name == "q" else (q.dtype,), dev, contiguous=False)
+        if x.stride(3) != 1 or (H > 1 and x.stride(2) != f):
+            raise ValueError(f"{name}: each token's [H, f] block must be contiguous, got strides {x.stride()}")
+    _check_tensor("lr", lr, (B, T, H), FLOAT_DTYPES, dev)
+    if T * max(x.stride(1) for x in (q, k, v)) >= 2**31 or T * H * f >= 2**31:
+        raise ValueError("one sequence of q, k, v or out spans 2**31 elements or more (the kernels' offsets)")
+    # the state, the positions and the norm parameters: the decode step's checks on one token's shapes
+    probe = q.new_empty((B, H, f))
+    check_decode_args(inner_net, TTTDualState, probe, probe, probe, lr.new_empty((B, H)), pos, ln_weight, ln_bias,
+                      token_idx_bias, state, probe, check_positions)
+    if token_idx_bias.shape[0] < 16:
+        raise ValueError(f"the prefill kernels need a mini-batch of >= 16 (tl.dot rows), got {token_idx_bias.shape[0]}")
+    if lengths is None:
+        lengths = torch.full((B,), T, dtype=torch.int32, device=dev)
+        new_out = torch.empty
+    else:
+        _check_tensor("lengths", lengths, (B,), (torch.int32, torch.int64), dev)
+        if check_positions and B:
+            lo, hi = lengths.aminmax()
+            if lo.item() < 0 or hi.item() > T:
+                raise ValueError(f"lengths must be in 0..{T}, got {lo.item()}..{hi.item()}")
+        new_out = torch.zeros  # rows past a prompt are never written
+    if out is None:
+        out = new_out((B, T, H, f), dtype=q.dtype, device=dev)
+    else:
+        _check_tensor("out", out, (B, T, H, f), (q.dtype,), dev)
+    return B, T, H, f, token_idx_bias.shape[0], lengths, out
+
+
+def prefill_strides(q, k, v) -> tuple:
+    """Batch and token strides of ``q, k, v`` (``v`` may be a slice of a wider projection)."""
+    return tuple(s for x in (q, k, v) for s in x.stride()[:2])
