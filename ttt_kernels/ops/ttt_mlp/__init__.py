@@ -1,6 +1,9 @@
+from .chunk import ttt_mlp_prefill
 from .decode_dual import ttt_mlp_decode_dual
+from .decode_dual_cuda import ttt_mlp_decode_dual_cuda
 from .decode_primal import ttt_mlp_decode_primal
 from .naive import ttt_mlp_decode_dual_ref, ttt_mlp_decode_primal_ref, ttt_mlp_minibatch_dual_ref
 
-__all__ = ["ttt_mlp_decode_dual", "ttt_mlp_decode_primal", "ttt_mlp_decode_dual_ref", "ttt_mlp_decode_primal_ref",
-           "ttt_mlp_minibatch_dual_ref"]
+__all__ = ["ttt_mlp_decode_dual", "ttt_mlp_decode_dual_cuda", "ttt_mlp_decode_primal", "ttt_mlp_decode_dual_ref",
+           "ttt_mlp_decode_primal_ref",
+           "ttt_mlp_minibatch_dual_ref", "ttt_mlp_prefill"]

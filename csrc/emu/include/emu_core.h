@@ -1,0 +1,93 @@
+// Host emulation of the CUDA kernels, for tests on machines without a GPU: every CUDA
+// thread is a fiber (ucontext) of one host thread, a thread-block cluster runs at a time;
+// __syncwarp/__syncthreads/cluster.sync are barriers, and the warp collectives (shuffles,
+// ldmatrix, mma, movmatrix) exchange their operands through per-warp slots between two
+// barriers. Shared memory is poisoned at launch, so reads of unwritten shared memory show.
+#pragma once
+#include <ucontext.h>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+#include "cuda_runtime_api.h"
+#include "emu_types.h"
+
+namespace ttt_emu {
+struct Dim3 { unsigned x = 0, y = 0, z = 0; };
+struct Barrier { int participants = 0, count = 0; uint64_t gen = 0; };
+struct WarpX {
+  Barrier bar;
+  uint32_t u[32][12];
+  float f[32][4];
+};
+struct Fiber {
+  ucontext_t ctx;
+  Dim3 tid, bid;
+  int cta = 0, warp = 0, lane = 0;
+  bool done = false;
+  Barrier* wait = nullptr;
+  uint64_t wait_gen = 0;
+};
+struct Run {
+  std::vector<Fiber> fibers;
+  std::vector<std::vector<char>> smem;
+  std::vector<Barrier> cta_bar;
+  std::vector<WarpX> warps;  // cta * warps_per_cta + warp
+  Barrier cluster_bar;
+  int warps_per_cta = 0;
+};
+extern Fiber* cur;
+extern Run* run;
+extern ucontext_t sched;
+extern const char* last_error;
+
+inline void arrive(Barrier& b) {
+  if (++b.count == b.participants) { b.count = 0; ++b.gen; return; }
+  cur->wait = &b;
+  cur->wait_gen = b.gen;
+  swapcontext(&cur->ctx, &sched);
+}
+inline WarpX& wx() { return run->warps[cur->cta * run->warps_per_cta + cur->warp]; }
+inline char* smem_base() { return run->smem[cur->cta].data(); }
+
+void launch_clusters(void (*kernel)(TTTDecodeParams), const TTTDecodeParams& p, unsigned grid, unsigned block,
+                     size_t smem, unsigned cluster);
+}  // namespace ttt_emu
+
+#define threadIdx (ttt_emu::cur->tid)
+#define blockIdx (ttt_emu::cur->bid)
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+
+inline void __syncwarp(unsigned = 0xffffffffu) { ttt_emu::arrive(ttt_emu::wx().bar); }
+inline void __syncthreads() { ttt_emu::arrive(ttt_emu::run->cta_bar[ttt_emu::cur->cta]); }
+inline float __shfl_sync(unsigned, float v, int src) {
+  auto& w = ttt_emu::wx();
+  w.f[ttt_emu::cur->lane][0] = v;
+  ttt_emu::arrive(w.bar);
+  const float r = w.f[src & 31][0];
+  ttt_emu::arrive(w.bar);
+  return r;
+}
+inline float __shfl_xor_sync(unsigned m, float v, int x) { return __shfl_sync(m, v, ttt_emu::cur->lane ^ x); }
+
+inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
+inline const char* cudaGetErrorString(cudaError_t) { return ttt_emu::last_error ? ttt_emu::last_error : "emu error"; }
+inline cudaError_t cudaGetLastError() { return ttt_emu::last_error ? cudaErrorInvalidValue : cudaSuccess; }  // sticky
+template <class K> cudaError_t cudaFuncSetAttribute(K, cudaFuncAttribute, int bytes) {
+  if (bytes > 227 * 1024) { ttt_emu::last_error = "shared memory above 227 KB"; return cudaErrorInvalidValue; }
+  return cudaSuccess;
+}
+inline cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* c, void (*k)(TTTDecodeParams), TTTDecodeParams p) {
+  unsigned cl = 1;
+  for (unsigned i = 0; i < c->numAttrs; ++i)
+    if (c->attrs[i].id == cudaLaunchAttributeClusterDimension) cl = c->attrs[i].val.clusterDim.x;
+  ttt_emu::launch_clusters(k, p, c->gridDim.x, c->blockDim.x, c->dynamicSmemBytes, cl);
+  return cudaSuccess;
+}
+template <class K, class G, class B>
+void emu_chevron(K k, const TTTDecodeParams& p, G grid, B block, size_t smem, cudaStream_t) {
+  ttt_emu::launch_clusters(k, p, dim3(grid).x, dim3(block).x, smem, 1);
+}

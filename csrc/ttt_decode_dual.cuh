@@ -1,0 +1,436 @@
+// Device building blocks shared by the dual-form TTT decode kernels (sm_90).
+//
+// Matrix products run on the tensor cores with mma.sync.m16n8k16 (fp32 accumulate); the
+// 16 mini-batch rows are the M dimension. Fragment layouts (g = lane / 4, c = lane % 4):
+//   A 16x16: {A[g][2c..2c+1], A[g+8][2c..], A[g][2c+8..], A[g+8][2c+8..]}
+//   B 16x8 : {B[2c..2c+1][g], B[2c+8..2c+9][g]}
+//   C 16x8 : {C[g][2c], C[g][2c+1], C[g+8][2c], C[g+8][2c+1]}
+// so a thread holds two rows (g, g+8) of every output tile and a row's reductions are
+// two quad shuffles. Operands stored in shared memory are read with ldmatrix from
+// tiles whose 16-byte chunks are XOR-swizzled by row, so the 8 rows of one 8x8 matrix
+// fall in different banks.
+//
+// fp32 states: the tensor cores have no exact fp32 product, so each fp32 operand is split
+// into bf16 hi + lo parts and a product is hi*hi + hi*lo + lo*hi (three mma), ~1e-5
+// relative error instead of tf32's ~1e-3.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include <atomic>
+#include <type_traits>
+
+#include "ttt_decode_dual.h"
+
+namespace ttt {
+
+constexpr unsigned FULL = 0xffffffffu;
+constexpr float LN_EPS = 1e-6f;
+constexpr int ROWS = 16;  // mini-batch rows per tile: K <= 16
+
+// ---------------------------------------------------------------- scalars and pairs
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// small per-call inputs (lr, LayerNorm params, token-index bias) come in any float dtype
+__device__ __forceinline__ float load_any(const void* p, int dtype, int64_t i) {
+  switch (dtype) {
+    case TTT_F16: return __half2float(static_cast<const __half*>(p)[i]);
+    case TTT_BF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    case TTT_F64: return static_cast<float>(static_cast<const double*>(p)[i]);
+    default: return static_cast<const float*>(p)[i];
+  }
+}
+
+__device__ __forceinline__ int64_t load_pos(const void* p, int dtype, int64_t i) {
+  return dtype == TTT_I32 ? static_cast<int64_t>(static_cast<const int32_t*>(p)[i])
+                          : static_cast<const int64_t*>(p)[i];
+}
+
+// two consecutive elements (2-element aligned), shared or global
+__device__ __forceinline__ float2 ld2(const float* p) { return *reinterpret_cast<const float2*>(p); }
+__device__ __forceinline__ float2 ld2(const __half* p) {
+  return __half22float2(*reinterpret_cast<const __half2*>(p));
+}
+__device__ __forceinline__ float2 ld2(const __nv_bfloat16* p) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+}
+__device__ __forceinline__ void st2(float* p, float x, float y) { *reinterpret_cast<float2*>(p) = make_float2(x, y); }
+__device__ __forceinline__ void st2(__half* p, float x, float y) {
+  *reinterpret_cast<__half2*>(p) = __floats2half2_rn(x, y);
+}
+__device__ __forceinline__ void st2(__nv_bfloat16* p, float x, float y) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(x, y);
+}
+
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(FULL, x, 1);
+  return x + __shfl_xor_sync(FULL, x, 2);
+}
+// sum over the 8 quads (the 16 rows of a C tile, after each thread added its two rows)
+__device__ __forceinline__ float col_sum(float x) {
+  x += __shfl_xor_sync(FULL, x, 4);
+  x += __shfl_xor_sync(FULL, x, 8);
+  return x + __shfl_xor_sync(FULL, x, 16);
+}
+
+// tanh-approximation gelu and its exact derivative; tanh through one exp (saturates cleanly)
+__device__ __forceinline__ float tanh_fast(float x) { return 1.f - 2.f / (__expf(2.f * x) + 1.f); }
+__device__ __forceinline__ float gelu(float x) {
+  return 0.5f * x * (1.f + tanh_fast(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}
+__device__ __forceinline__ float gelu_grad(float x) {
+  const float th = tanh_fast(0.7978845608028654f * (x + 0.044715f * x * x * x));
+  return 0.5f * (1.f + th) + 0.5f * x * (1.f - th * th) * 0.7978845608028654f * (1.f + 0.134145f * x * x);
+}
+
+// ---------------------------------------------------------------- dot operands
+
+// Element type of the tensor-core operands for a state dtype and the number of parts
+// (2 for fp32: bf16 hi + lo).
+template <class TS> struct Dot { using E = TS; static constexpr int N = 1; };
+template <> struct Dot<float> { using E = __nv_bfloat16; static constexpr int N = 2; };
+
+__device__ __forceinline__ uint32_t pack2(__half, float x, float y) {
+  __half2 h = __floats2half2_rn(x, y);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+__device__ __forceinline__ uint32_t pack2(__nv_bfloat16, float x, float y) {
+  __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+__device__ __forceinline__ float2 unpack2(__half, uint32_t u) {
+  return __half22float2(*reinterpret_cast<__half2*>(&u));
+}
+__device__ __forceinline__ float2 unpack2(__nv_bfloat16, uint32_t u) {
+  return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&u));
+}
+
+// (x, y) as the N parts of a dot operand register
+template <class TS>
+__device__ __forceinline__ void pack(uint32_t (&d)[Dot<TS>::N], float x, float y) {
+  using E = typename Dot<TS>::E;
+  d[0] = pack2(E(), x, y);
+  if constexpr (Dot<TS>::N == 2) {
+    const float2 hi = unpack2(E(), d[0]);
+    d[1] = pack2(E(), x - hi.x, y - hi.y);
+  }
+}
+template <class TS>
+__device__ __forceinline__ float2 unpack(const uint32_t (&d)[Dot<TS>::N]) {
+  using E = typename Dot<TS>::E;
+  float2 v = unpack2(E(), d[0]);
+  if constexpr (Dot<TS>::N == 2) {
+    const float2 lo = unpack2(E(), d[1]);
+    v.x += lo.x;
+    v.y += lo.y;
+  }
+  return v;
+}
+
+__device__ __forceinline__ void mma1(__half, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+__device__ __forceinline__ void mma1(__nv_bfloat16, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// d += a * b over the operands' parts (small cross terms first)
+template <class TS>
+__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[Dot<TS>::N][4],
+                                    const uint32_t (&b)[Dot<TS>::N][2]) {
+  using E = typename Dot<TS>::E;
+  if constexpr (Dot<TS>::N == 2) {
+    mma1(E(), d, a[0], b[1]);
+    mma1(E(), d, a[1], b[0]);
+  }
+  mma1(E(), d, a[0], b[0]);
+}
+
+// transpose of an 8x8 b16 matrix held one register per thread (row g, cols 2c..2c+1)
+__device__ __forceinline__ uint32_t movt(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(y) : "r"(x));
+  return y;
+}
+
+// ---------------------------------------------------------------- shared memory
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// byte offset of 16-byte chunk `chunk` of row `row` in a swizzled tile (rows of ROW_BYTES)
+template <int ROW_BYTES>
+__device__ __forceinline__ uint32_t swz(int row, int chunk) {
+  static_assert(ROW_BYTES % 128 == 0, "swizzled rows must span at least 8 chunks");
+  return row * ROW_BYTES + ((chunk ^ (row & 7)) << 4);
+}
+// byte offset of element `col` (element size ES) of row `row`
+template <int ROW_BYTES, int ES>
+__device__ __forceinline__ uint32_t swz_el(int row, int col) {
+  const int b = col * ES;
+  return swz<ROW_BYTES>(row, b >> 4) | (b & 15);
+}
+
+__device__ __forceinline__ void ldsm4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
+}
+__device__ __forceinline__ void ldsm4_t(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
+}
+// the same x4 load from each part of a tile (parts PART bytes apart)
+template <int N, int PART>
+__device__ __forceinline__ void ldsm4(uint32_t (&r)[N][4], uint32_t addr) {
+#pragma unroll
+  for (int n = 0; n < N; ++n) ldsm4(r[n], addr + n * PART);
+}
+template <int N, int PART>
+__device__ __forceinline__ void ldsm4_t(uint32_t (&r)[N][4], uint32_t addr) {
+#pragma unroll
+  for (int n = 0; n < N; ++n) ldsm4_t(r[n], addr + n * PART);
+}
+
+// 16-byte global -> shared copy that bypasses registers; zero-fills when !valid
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int PENDING>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory");
+}
+
+__device__ __forceinline__ uint4 ld_nc16(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+
+// A weight matrix block [R x C] (row stride `ld` elements in global memory) into a
+// swizzled tile of dot elements (rows of 2*C bytes, N parts). 16-bit states are copied
+// as they are (cp.async; the caller commits the group); fp32 states are split hi/lo
+// through registers.
+template <class TS, int R, int C>
+__device__ __forceinline__ void load_weight_tile(char* tile, const TS* src, int64_t ld, int tid, int nthreads) {
+  constexpr int ROW = 2 * C, CH = C / 8, PART = R * ROW;
+  if constexpr (Dot<TS>::N == 1) {
+    const uint32_t base = smem_u32(tile);
+#pragma unroll 8
+    for (int i = tid; i < R * CH; i += nthreads) {
+      const int r = i / CH, ch = i % CH;
+      cp_async16(base + swz<ROW>(r, ch), src + r * ld + ch * 8, true);
+    }
+  } else {
+#pragma unroll 4
+    for (int i = tid; i < R * CH; i += nthreads) {
+      const int r = i / CH, ch = i % CH;
+      const uint4 u0 = ld_nc16(src + r * ld + ch * 8), u1 = ld_nc16(src + r * ld + ch * 8 + 4);
+      const float x[8] = {__uint_as_float(u0.x), __uint_as_float(u0.y), __uint_as_float(u0.z), __uint_as_float(u0.w),
+                          __uint_as_float(u1.x), __uint_as_float(u1.y), __uint_as_float(u1.z), __uint_as_float(u1.w)};
+      uint32_t p[4][2];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) pack<float>(p[j], x[2 * j], x[2 * j + 1]);
+      char* dst = tile + swz<ROW>(r, ch);
+      *reinterpret_cast<uint4*>(dst) = make_uint4(p[0][0], p[1][0], p[2][0], p[3][0]);
+      *reinterpret_cast<uint4*>(dst + PART) = make_uint4(p[0][1], p[1][1], p[2][1], p[3][1]);
+    }
+  }
+}
+
+// The mini-batch so far as 16 raw rows (act dtype, swizzled): cached rows j < t, the
+// current token's k / v at row t, zeros below (they carry lr 0 and must stay finite).
+template <class TA, int F>
+__device__ __forceinline__ void load_minibatch_rows(char* sk, char* sv, const TTTDecodeParams& P, int64_t bh, int t,
+                                                    int tid, int nthreads) {
+  constexpr int ROW = F * sizeof(TA), CH = ROW / 16, EPC = 16 / sizeof(TA);
+  const TA* kc = static_cast<const TA*>(P.k_cache) + bh * P.K * F;
+  const TA* vc = static_cast<const TA*>(P.v_cache) + bh * P.K * F;
+  const TA* kt = static_cast<const TA*>(P.k) + bh * F;
+  const TA* vt = static_cast<const TA*>(P.v) + bh * F;
+  const uint32_t bk = smem_u32(sk), bv = smem_u32(sv);
+  for (int i = tid; i < ROWS * CH; i += nthreads) {
+    const int j = i / CH, ch = i % CH;
+    const bool cached = j < t;
+    cp_async16(bk + swz<ROW>(j, ch), (cached ? kc + j * F : kt) + ch * EPC, j <= t);
+    cp_async16(bv + swz<ROW>(j, ch), (cached ? vc + j * F : vt) + ch * EPC, j <= t);
+  }
+}
+
+// raw k rows (act dtype) -> dot-operand tile (rows of 2F bytes, N parts)
+template <class TA, class TS, int F>
+__device__ __forceinline__ void convert_rows(char* dst, const char* src, int tid, int nthreads) {
+  constexpr int RAW = F * sizeof(TA), ROW = 2 * F, G = F / 8, PART = ROWS * ROW;
+  for (int i = tid; i < ROWS * G; i += nthreads) {
+    const int j = i / G, grp = i % G;
+    float x[8];
+#pragma unroll
+    for (int e = 0; e < 8; e += 2) {
+      const float2 v = ld2(reinterpret_cast<const TA*>(src + swz_el<RAW, sizeof(TA)>(j, grp * 8 + e)));
+      x[e] = v.x;
+      x[e + 1] = v.y;
+    }
+    uint32_t p[4][Dot<TS>::N];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) pack<TS>(p[e], x[2 * e], x[2 * e + 1]);
+#pragma unroll
+    for (int n = 0; n < Dot<TS>::N; ++n)
+      *reinterpret_cast<uint4*>(dst + n * PART + swz<ROW>(j, grp)) = make_uint4(p[0][n], p[1][n], p[2][n], p[3][n]);
+  }
+}
+
+// The step's scalars for head bh: t = pos mod K, eta_t = max(0, 1/(t+1) + tib[t]), lr.
+struct Token {
+  int t;
+  float eta, lr;
+};
+__device__ __forceinline__ Token load_token(const TTTDecodeParams& P, int64_t bh) {
+  Token s;
+  s.t = static_cast<int>(load_pos(P.pos, P.pos_dtype, bh / P.H) & (P.K - 1));
+  s.eta = fmaxf(1.f / static_cast<float>(s.t + 1) + load_any(P.tib, P.tib_dtype, s.t), 0.f);
+  s.lr = load_any(P.lr, P.lr_dtype, bh);
+  return s;
+}
+// lr of mini-batch row j (0 for rows not in the mini-batch yet)
+__device__ __forceinline__ float row_lr(const TTTDecodeParams& P, int64_t bh, const Token& s, int j) {
+  return j < s.t ? P.lr_cache[bh * P.K + j] : (j == s.t ? s.lr : 0.f);
+}
+
+// B fragment of the column vector q (column 0 of an n8 tile), k-step ks; q is fp32 in shared memory
+template <class TS>
+__device__ __forceinline__ void q_frag(uint32_t (&b)[Dot<TS>::N][2], const float* q, int ks, int g, int c) {
+  uint32_t lo[Dot<TS>::N], hi[Dot<TS>::N];
+  const int k0 = 16 * ks + 2 * c;
+  pack<TS>(lo, g == 0 ? q[k0] : 0.f, g == 0 ? q[k0 + 1] : 0.f);
+  pack<TS>(hi, g == 0 ? q[k0 + 8] : 0.f, g == 0 ? q[k0 + 9] : 0.f);
+#pragma unroll
+  for (int n = 0; n < Dot<TS>::N; ++n) {
+    b[n][0] = lo[n];
+    b[n][1] = hi[n];
+  }
+}
+
+// d/dz of 0.5 * ||LN(z) - (v - k)||^2 for the 16 rows of z (C layout, NT n-tiles = F
+// columns), scaled by each row's lr; in place. k, v: the raw row tiles (act dtype).
+template <int F, class TA>
+__device__ __forceinline__ void ln_l2_grad_rows(float (&z)[F / 8][4], const float* gamma, const float* beta,
+                                                const char* sk, const char* sv, int g, int c, float lr0, float lr1) {
+  constexpr int NT = F / 8, RAW = F * sizeof(TA);
+  float m0 = 0.f, m1 = 0.f;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    m0 += z[nt][0] + z[nt][1];
+    m1 += z[nt][2] + z[nt][3];
+  }
+  m0 = quad_sum(m0) * (1.f / F);
+  m1 = quad_sum(m1) * (1.f / F);
+  float v0 = 0.f, v1 = 0.f;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    z[nt][0] -= m0;
+    z[nt][1] -= m0;
+    z[nt][2] -= m1;
+    z[nt][3] -= m1;
+    v0 += z[nt][0] * z[nt][0] + z[nt][1] * z[nt][1];
+    v1 += z[nt][2] * z[nt][2] + z[nt][3] * z[nt][3];
+  }
+  const float r0 = rsqrtf(quad_sum(v0) * (1.f / F) + LN_EPS), r1 = rsqrtf(quad_sum(v1) * (1.f / F) + LN_EPS);
+  float gh[NT][4], s10 = 0.f, s11 = 0.f, s20 = 0.f, s21 = 0.f;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    const int col = 8 * nt + 2 * c;
+    const float2 ga = *reinterpret_cast<const float2*>(gamma + col), be = *reinterpret_cast<const float2*>(beta + col);
+    const float2 k0 = ld2(reinterpret_cast<const TA*>(sk + swz_el<RAW, sizeof(TA)>(g, col)));
+    const float2 v0_ = ld2(reinterpret_cast<const TA*>(sv + swz_el<RAW, sizeof(TA)>(g, col)));
+    const float2 k1 = ld2(reinterpret_cast<const TA*>(sk + swz_el<RAW, sizeof(TA)>(g + 8, col)));
+    const float2 v1_ = ld2(reinterpret_cast<const TA*>(sv + swz_el<RAW, sizeof(TA)>(g + 8, col)));
+    const float tg[4] = {v0_.x - k0.x, v0_.y - k0.y, v1_.x - k1.x, v1_.y - k1.y};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float gm = (e & 1) ? ga.y : ga.x, bt = (e & 1) ? be.y : be.x;
+      z[nt][e] *= e < 2 ? r0 : r1;  // now x_hat
+      gh[nt][e] = (gm * z[nt][e] + bt - tg[e]) * gm;
+    }
+    s10 += gh[nt][0] + gh[nt][1];
+    s11 += gh[nt][2] + gh[nt][3];
+    s20 += gh[nt][0] * z[nt][0] + gh[nt][1] * z[nt][1];
+    s21 += gh[nt][2] * z[nt][2] + gh[nt][3] * z[nt][3];
+  }
+  s10 = quad_sum(s10);
+  s11 = quad_sum(s11);
+  s20 = quad_sum(s20);
+  s21 = quad_sum(s21);
+  const float f0 = r0 * (1.f / F) * lr0, f1 = r1 * (1.f / F) * lr1;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    z[nt][0] = (F * gh[nt][0] - s10 - z[nt][0] * s20) * f0;
+    z[nt][1] = (F * gh[nt][1] - s10 - z[nt][1] * s20) * f0;
+    z[nt][2] = (F * gh[nt][2] - s11 - z[nt][2] * s21) * f1;
+    z[nt][3] = (F * gh[nt][3] - s11 - z[nt][3] * s21) * f1;
+  }
+}
+
+// q + LN(z) of one row spread as z[nt][e] = column 8nt+2c+e over the quad (every quad holds
+// the whole row); quad g writes the n-tiles nt = g (mod 8).
+template <int F, class TA>
+__device__ __forceinline__ void write_output(float (&z)[F / 8][2], const float* gamma, const float* beta,
+                                             const float* q, TA* out, int g, int c) {
+  constexpr int NT = F / 8;
+  float m = 0.f;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) m += z[nt][0] + z[nt][1];
+  m = quad_sum(m) * (1.f / F);
+  float v = 0.f;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    z[nt][0] -= m;
+    z[nt][1] -= m;
+    v += z[nt][0] * z[nt][0] + z[nt][1] * z[nt][1];
+  }
+  const float r = rsqrtf(quad_sum(v) * (1.f / F) + LN_EPS);
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    if ((nt & 7) != g) continue;
+    const int col = 8 * nt + 2 * c;
+    st2(out + col, q[col] + gamma[col] * z[nt][0] * r + beta[col],
+        q[col + 1] + gamma[col + 1] * z[nt][1] * r + beta[col + 1]);
+  }
+}
+
+// Lets KERNEL take `bytes` of dynamic shared memory (above the 48 KB default), once per device.
+template <auto KERNEL>
+cudaError_t allow_smem(int bytes) {
+  static std::atomic<uint64_t> done{0};
+  int dev = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return err;
+  const uint64_t bit = 1ull << (dev & 63);
+  if (done.load(std::memory_order_relaxed) & bit) return cudaSuccess;
+  err = cudaFuncSetAttribute(KERNEL, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (err == cudaSuccess) done.fetch_or(bit);
+  return err;
+}
+
+// dtype dispatch helpers for the launchers
+template <class F>
+const char* dispatch_dtype(int code, F&& f) {
+  switch (code) {
+    case TTT_F32: return f(float());
+    case TTT_F16: return f(__half());
+    case TTT_BF16: return f(__nv_bfloat16());
+    default: return "activations and states must be float32, float16 or bfloat16";
+  }
+}
+
+}  // namespace ttt

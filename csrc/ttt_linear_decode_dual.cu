@@ -1,0 +1,217 @@
+// TTT-Linear (inner net mlp_1) dual-form decode step: one warp per (sequence, head).
+//
+// Semantics are those of ttt_kernels/ops/ttt_linear/decode_dual.py: with the mini-batch
+// so far as rows k_j, v_j, lr_j (j <= t; rows j > t have lr 0),
+//   G = lr * ln_l2_grad(K W0 + b0, V - K),   z_bar = q W0 + b0 - eta_t * sum_j (q.k_j + 1) G_j,
+//   out = q + LN(z_bar); at t = K-1: W0 += K^T (-eta G), b0 -= eta sum_j G_j; else row t -> cache.
+//
+// Per warp: W (F x F) and the raw k / v rows arrive in shared memory by cp.async; one pass
+// over W's k-steps issues three products from each W fragment (ldmatrix.trans):
+// Z = K W (16 rows), attn = K q (q as an n8 column) and (q W)^T = W^T q (the W fragment
+// reused as the A operand of the transposed product). LayerNorm statistics are quad
+// shuffles; the sum over rows is a 3-level shuffle; at the update the row tile of G is
+// transposed in registers (movmatrix) to become the B operand of K^T G.
+#include "ttt_decode_dual.cuh"
+
+namespace ttt {
+namespace {
+
+template <int F, class TA, class TS>
+struct LinearCfg {
+  static constexpr int N = Dot<TS>::N, NT = F / 8, KS = F / 16;
+  // K rows need a converted copy unless they already are the tensor-core dtype
+  static constexpr bool CONVERT = N == 2 || !std::is_same<TA, TS>::value;
+  static constexpr int W_ROW = 2 * F, W_PART = F * W_ROW;
+  static constexpr int RAW_ROW = F * sizeof(TA), RAW = ROWS * RAW_ROW;
+  static constexpr int KD_ROW = 2 * F, KD_PART = ROWS * KD_ROW;
+  static constexpr int OFF_K = N * W_PART, OFF_V = OFF_K + RAW, OFF_KD = OFF_V + RAW;
+  static constexpr int OFF_VEC = OFF_KD + (CONVERT ? N * KD_PART : 0);
+  static constexpr int WARP_BYTES = OFF_VEC + 5 * F * 4;  // gamma, beta, b, q, (q W)
+  static constexpr int WARPS = 4 * WARP_BYTES <= 112 * 1024 ? 4 : 2 * WARP_BYTES <= 112 * 1024 ? 2 : 1;
+  static constexpr int SMEM = WARPS * WARP_BYTES;
+};
+
+template <int F, class TA, class TS>
+__global__ void __launch_bounds__(LinearCfg<F, TA, TS>::WARPS * 32)
+    ttt_linear_decode_dual_kernel(const TTTDecodeParams P) {
+  using Cfg = LinearCfg<F, TA, TS>;
+  constexpr int N = Cfg::N, NT = Cfg::NT, KS = Cfg::KS;
+  extern __shared__ __align__(128) char smem[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const int64_t bh = static_cast<int64_t>(blockIdx.x) * Cfg::WARPS + warp;
+  if (bh >= static_cast<int64_t>(P.B) * P.H) return;
+  const int h = static_cast<int>(bh % P.H);
+
+  char* ws = smem + warp * Cfg::WARP_BYTES;
+  char *sk = ws + Cfg::OFF_K, *sv = ws + Cfg::OFF_V, *skd = Cfg::CONVERT ? ws + Cfg::OFF_KD : sk;
+  float* vec = reinterpret_cast<float*>(ws + Cfg::OFF_VEC);
+  float *gamma = vec, *beta = vec + F, *bias = vec + 2 * F, *qv = vec + 3 * F, *zqs = vec + 4 * F;
+  TS* W = static_cast<TS*>(P.w[0]) + bh * F * F;
+  TS* b = static_cast<TS*>(P.w[1]) + bh * F;
+
+  const Token tok = load_token(P, bh);
+  load_weight_tile<TS, F, F>(ws, W, F, lane, 32);
+  load_minibatch_rows<TA, F>(sk, sv, P, bh, tok.t, lane, 32);
+  cp_async_commit();
+  for (int i = lane; i < F; i += 32) {
+    gamma[i] = load_any(P.ln_w, P.ln_w_dtype, static_cast<int64_t>(h) * F + i);
+    beta[i] = load_any(P.ln_b, P.ln_b_dtype, static_cast<int64_t>(h) * F + i);
+    bias[i] = to_f32(b[i]);
+    qv[i] = to_f32(static_cast<const TA*>(P.q)[bh * F + i]);
+  }
+  const float lr0 = row_lr(P, bh, tok, g), lr1 = row_lr(P, bh, tok, g + 8);
+  cp_async_wait<0>();
+  __syncwarp();
+  if constexpr (Cfg::CONVERT) {
+    convert_rows<TA, TS, F>(skd, sk, lane, 32);
+    __syncwarp();
+  }
+
+  // Z = K W, attn = K q, zq^T = W^T q, in one pass over W
+  const uint32_t sW = smem_u32(ws), sKd = smem_u32(skd);
+  float z[NT][4] = {}, at[4] = {}, zq[KS][4] = {};
+#pragma unroll
+  for (int ks = 0; ks < KS; ++ks) {
+    uint32_t ka[N][4], bq[N][2];
+    ldsm4<N, Cfg::KD_PART>(ka, sKd + swz<Cfg::KD_ROW>(lane & 15, 2 * ks + (lane >> 4)));
+    q_frag<TS>(bq, qv, ks, g, c);
+    mma<TS>(at, ka, bq);
+#pragma unroll
+    for (int np = 0; np < NT / 2; ++np) {
+      uint32_t r[N][4], b0[N][2], b1[N][2], wt[N][4];
+      ldsm4_t<N, Cfg::W_PART>(r, sW + swz<Cfg::W_ROW>(16 * ks + (lane & 7) + ((lane >> 3) & 1) * 8, 2 * np + (lane >> 4)));
+#pragma unroll
+      for (int n = 0; n < N; ++n) {
+        b0[n][0] = r[n][0]; b0[n][1] = r[n][1];
+        b1[n][0] = r[n][2]; b1[n][1] = r[n][3];
+        wt[n][0] = r[n][0]; wt[n][1] = r[n][2]; wt[n][2] = r[n][1]; wt[n][3] = r[n][3];
+      }
+      mma<TS>(z[2 * np], ka, b0);
+      mma<TS>(z[2 * np + 1], ka, b1);
+      mma<TS>(zq[np], wt, bq);
+    }
+  }
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    const float2 bb = *reinterpret_cast<const float2*>(bias + 8 * nt + 2 * c);
+    z[nt][0] += bb.x; z[nt][1] += bb.y; z[nt][2] += bb.x; z[nt][3] += bb.y;
+  }
+  if (c == 0) {
+#pragma unroll
+    for (int mt = 0; mt < KS; ++mt) {
+      zqs[16 * mt + g] = zq[mt][0];
+      zqs[16 * mt + 8 + g] = zq[mt][2];
+    }
+  }
+  // attention of q on rows g, g+8 (column 0 of the tile lives in lane 4g)
+  const float a0 = __shfl_sync(FULL, at[0], lane & ~3) + 1.f, a1 = __shfl_sync(FULL, at[2], lane & ~3) + 1.f;
+
+  ln_l2_grad_rows<F, TA>(z, gamma, beta, sk, sv, g, c, lr0, lr1);  // z is now G
+
+  float zb[NT][2];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) zb[nt][e] = col_sum(a0 * z[nt][e] + a1 * z[nt][e + 2]);
+  __syncwarp();  // zqs
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int col = 8 * nt + 2 * c + e;
+      zb[nt][e] = zqs[col] + bias[col] - tok.eta * zb[nt][e];
+    }
+  write_output<F, TA>(zb, gamma, beta, qv, static_cast<TA*>(P.out) + bh * F, g, c);
+
+  if (tok.t == P.K - 1) {
+    // b -= eta sum_j G_j
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const float s0 = col_sum(z[nt][0] + z[nt][2]), s1 = col_sum(z[nt][1] + z[nt][3]);
+      const int col = 8 * nt + 2 * c;
+      if ((nt & 7) == g) st2(b + col, bias[col] - tok.eta * s0, bias[col + 1] - tok.eta * s1);
+    }
+    // W += K^T (-eta G): B operand = (-eta G) transposed 8x8 block by block
+    uint32_t bg[NT][N][2];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      uint32_t p0[N], p1[N];
+      pack<TS>(p0, -tok.eta * z[nt][0], -tok.eta * z[nt][1]);
+      pack<TS>(p1, -tok.eta * z[nt][2], -tok.eta * z[nt][3]);
+#pragma unroll
+      for (int n = 0; n < N; ++n) {
+        bg[nt][n][0] = movt(p0[n]);
+        bg[nt][n][1] = movt(p1[n]);
+      }
+    }
+#pragma unroll
+    for (int mt = 0; mt < KS; ++mt) {
+      uint32_t ka[N][4];
+      ldsm4_t<N, Cfg::KD_PART>(ka, sKd + swz<Cfg::KD_ROW>((lane >> 4) * 8 + (lane & 7), 2 * mt + ((lane >> 3) & 1)));
+      const int r0 = 16 * mt + g, r1 = r0 + 8;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const int col = 8 * nt + 2 * c;
+        // exact W0: the shared copy for 16-bit states, global memory for fp32 (shared holds hi/lo)
+        float2 w0, w1;
+        if constexpr (N == 1) {
+          w0 = ld2(reinterpret_cast<const TS*>(ws + swz_el<Cfg::W_ROW, 2>(r0, col)));
+          w1 = ld2(reinterpret_cast<const TS*>(ws + swz_el<Cfg::W_ROW, 2>(r1, col)));
+        } else {
+          w0 = ld2(W + r0 * F + col);
+          w1 = ld2(W + r1 * F + col);
+        }
+        float acc[4] = {w0.x, w0.y, w1.x, w1.y};
+        mma<TS>(acc, ka, bg[nt]);
+        st2(W + r0 * F + col, acc[0], acc[1]);
+        st2(W + r1 * F + col, acc[2], acc[3]);
+      }
+    }
+  } else {
+    // append the token to the mini-batch cache (row t)
+    constexpr int CH = Cfg::RAW_ROW / 16, EPC = 16 / sizeof(TA);
+    const int64_t row = (bh * P.K + tok.t) * F;
+    for (int i = lane; i < 2 * CH; i += 32) {
+      const bool isv = i >= CH;
+      const int ch = isv ? i - CH : i;
+      const uint4 x = *reinterpret_cast<const uint4*>((isv ? sv : sk) + swz<Cfg::RAW_ROW>(tok.t, ch));
+      *reinterpret_cast<uint4*>(static_cast<TA*>(isv ? P.v_cache : P.k_cache) + row + ch * EPC) = x;
+    }
+    if (lane == 0) P.lr_cache[bh * P.K + tok.t] = tok.lr;
+  }
+}
+
+template <int F, class TA, class TS>
+const char* launch(const TTTDecodeParams& p, cudaStream_t stream) {
+  using Cfg = LinearCfg<F, TA, TS>;
+  constexpr auto kernel = ttt_linear_decode_dual_kernel<F, TA, TS>;
+  cudaError_t err = allow_smem<kernel>(Cfg::SMEM);
+  if (err != cudaSuccess) return cudaGetErrorString(err);
+  const int64_t blocks = (static_cast<int64_t>(p.B) * p.H + Cfg::WARPS - 1) / Cfg::WARPS;
+  if (blocks > 0x7fffffff) return "too many (sequence, head) pairs for one launch";
+  kernel<<<static_cast<unsigned>(blocks), Cfg::WARPS * 32, Cfg::SMEM, stream>>>(p);
+  err = cudaGetLastError();
+  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+}
+
+template <int F>
+const char* dispatch(const TTTDecodeParams& p, cudaStream_t stream) {
+  return dispatch_dtype(p.act_dtype, [&](auto ta) {
+    return dispatch_dtype(p.state_dtype, [&](auto ts) {
+      return launch<F, decltype(ta), decltype(ts)>(p, stream);
+    });
+  });
+}
+
+}  // namespace
+}  // namespace ttt
+
+extern "C" const char* ttt_linear_decode_dual_launch(const TTTDecodeParams* p, cudaStream_t stream) {
+  if (p->K < 1 || p->K > ttt::ROWS || (p->K & (p->K - 1))) return "the mini-batch size K must be a power of two <= 16";
+  if (p->B * static_cast<int64_t>(p->H) == 0) return nullptr;
+  switch (p->F) {
+    case 64: return ttt::dispatch<64>(*p, stream);
+    case 128: return ttt::dispatch<128>(*p, stream);
+    default: return "the CUDA kernels support head dims 64 and 128";
+  }
+}

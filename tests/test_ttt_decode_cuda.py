@@ -1,0 +1,273 @@
+"""Hand-written CUDA decode kernels (csrc/): against the float64 dual reference and the
+Triton kernels on the GPU; on any machine, the package without the extension, an nvcc
+compile of every CUDA source for sm_90, and the kernels' own source run through a host
+emulation of the warp-level instructions (csrc/emu/) against the float64 reference."""
+
+import ctypes
+import math
+import os
+import runpy
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from ttt_helpers import DUAL_REFS, TOL, random_dual_state, random_layer, random_token, rel_err, to_float64
+
+from ttt_kernels.ops import cuda_backend
+from ttt_kernels.ops.ttt_linear import ttt_linear_decode_dual, ttt_linear_decode_dual_cuda
+from ttt_kernels.ops.ttt_mlp import ttt_mlp_decode_dual, ttt_mlp_decode_dual_cuda
+from ttt_kernels.ops.ttt_state import TTTDualState, check_decode_args
+
+ROOT = Path(__file__).resolve().parents[1]
+CUDA_OPS = {"mlp_1": ttt_linear_decode_dual_cuda, "mlp_2": ttt_mlp_decode_dual_cuda}
+TRITON_OPS = {"mlp_1": ttt_linear_decode_dual, "mlp_2": ttt_mlp_decode_dual}
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+# (state dtype, activation dtype): each state dtype, states wider than activations, and
+# activations that are not the tensor-core dtype
+DTYPES = [(F32, F32), (F16, F16), (BF16, BF16), (F32, F16), (BF16, F32)]
+K = 16
+
+needs_backend = pytest.mark.skipif(not cuda_backend.is_available(),
+                                   reason=f"CUDA backend: {cuda_backend.unavailable_reason()}")
+
+
+def clone_state(st: TTTDualState) -> TTTDualState:
+    return TTTDualState([w.clone() for w in st.weights], st.k_cache.clone(), st.v_cache.clone(), st.lr_cache.clone())
+
+
+def run_against_references(inner_net, B, H, f, state_dtype, act_dtype, pos, steps, seed):
+    """``steps`` CUDA steps from per-sequence positions ``pos``, each output checked against
+    the float64 reference and the Triton kernel (each on its own copy of the state)."""
+    gen = torch.Generator().manual_seed(seed)
+    params, ln_w, ln_b, tib = random_layer(inner_net, H, f, K, gen=gen)
+    params, ln_w, ln_b, tib = [p.cuda() for p in params], ln_w.cuda(), ln_b.cuda(), tib.cuda()
+    state = random_dual_state(params, B, K, state_dtype, act_dtype, gen=gen)
+    ref_state, tri_state = to_float64(state), clone_state(state)
+    ln = [x.float() for x in (ln_w, ln_b, tib)]
+    pos = pos.cuda()
+    tol = TOL[state_dtype] if act_dtype == F32 else max(TOL[state_dtype], TOL[act_dtype])
+    for step in range(steps):
+        q, k, v, lr = random_token(B, H, f, act_dtype, "cuda", gen=gen)
+        out = torch.full_like(q, math.nan)  # poisoned: every element must be written
+        CUDA_OPS[inner_net](q, k, v, lr, pos, *ln, state, out=out)
+        ref = DUAL_REFS[inner_net](q.double(), k.double(), v.double(), lr.double(), pos, ln_w, ln_b, tib, ref_state)
+        tri = TRITON_OPS[inner_net](q, k, v, lr, pos, *ln, tri_state)
+        assert not out.isnan().any(), f"step {step}: unwritten output elements"
+        # the layer's own contribution LN(z_bar): q passes through and would hide errors
+        err_ref, err_tri = rel_err(out - q, ref - q.double()), rel_err(out - q, tri - q)
+        assert err_ref < tol and err_tri < tol, (step, err_ref, err_tri, (pos % K).tolist())
+        pos += 1
+    for i, (w, w_ref, w_tri) in enumerate(zip(state.weights, ref_state.weights, tri_state.weights)):
+        assert rel_err(w, w_ref) < tol and rel_err(w, w_tri) < tol, (i, rel_err(w, w_ref), rel_err(w, w_tri))
+    t = (pos % K).tolist()  # cache rows j < t hold this mini-batch's inputs exactly
+    for b in range(B):
+        for x, x_ref in ((state.k_cache, ref_state.k_cache), (state.v_cache, ref_state.v_cache),
+                         (state.lr_cache, ref_state.lr_cache)):
+            torch.testing.assert_close(x[b, :, : t[b]].double(), x_ref[b, :, : t[b]], rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@needs_backend
+@pytest.mark.parametrize("inner_net", ["mlp_1", "mlp_2"])
+@pytest.mark.parametrize("f", [64, 128])
+@pytest.mark.parametrize("state_dtype,act_dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_cuda_kernel_matches_reference_and_triton(inner_net, f, state_dtype, act_dtype):
+    # 40 steps from mixed in-mini-batch positions: every sequence crosses >= 2 mini-batch ends
+    pos = torch.tensor([0, 7, 15, 37, 100, 3])
+    run_against_references(inner_net, 6, 3, f, state_dtype, act_dtype, pos, 40, seed=20)
+
+
+@pytest.mark.gpu
+@needs_backend
+@pytest.mark.parametrize("inner_net", ["mlp_1", "mlp_2"])
+@pytest.mark.parametrize("f", [64, 128])
+def test_cuda_kernel_1b_sizes(inner_net, f):
+    B, H = (512, 32) if f == 64 else (64, 16)
+    pos = torch.arange(B) * 7 % 100  # every phase of the mini-batch
+    run_against_references(inner_net, B, H, f, F16, F16, pos, 40, seed=21)
+
+
+@pytest.mark.gpu
+@needs_backend
+@pytest.mark.parametrize("inner_net", ["mlp_1", "mlp_2"])
+def test_cuda_kernel_graph_replay(inner_net):
+    """A 16-step cycle captured in one CUDA graph (positions in device tensors) replays
+    bit-identically to the same steps run eagerly."""
+    gen = torch.Generator().manual_seed(22)
+    B, H, f = 8, 4, 64
+    params, ln_w, ln_b, tib = random_layer(inner_net, H, f, K, gen=gen)
+    state = random_dual_state([p.cuda() for p in params], B, K, F16, F16, gen=gen)
+    eager = clone_state(state)
+    ln = [x.float().cuda() for x in (ln_w, ln_b, tib)]
+    tokens = [random_token(B, H, f, F16, "cuda", gen=gen) for _ in range(K)]
+    base = torch.randint(0, 1000, (B,), generator=gen).cuda()
+    positions = [base + i for i in range(K)]
+    outs = [torch.empty_like(tokens[0][0]) for _ in range(K)]
+    op = CUDA_OPS[inner_net]
+
+    def cycle(st, outs):
+        for i in range(K):
+            op(*tokens[i], positions[i], *ln, st, out=outs[i], check_positions=False)
+
+    cycle(clone_state(state), [torch.empty_like(o) for o in outs])  # warm-up outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        cycle(state, outs)
+    graph.replay()
+    eager_outs = [torch.empty_like(o) for o in outs]
+    cycle(eager, eager_outs)
+    torch.cuda.synchronize()
+    for o, e in zip(outs, eager_outs):
+        assert torch.equal(o, e)
+    for x, y in zip(state.tensors(), eager.tensors()):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.skipif(cuda_backend.is_available(), reason="the CUDA backend is available here")
+@pytest.mark.parametrize("inner_net", ["mlp_1", "mlp_2"])
+def test_without_extension_the_op_raises_a_clear_error(inner_net):
+    reason = cuda_backend.unavailable_reason()
+    assert isinstance(reason, str) and reason
+    gen = torch.Generator().manual_seed(23)
+    B, H, f = 2, 2, 64
+    params, ln_w, ln_b, tib = random_layer(inner_net, H, f, K, gen=gen)
+    state = random_dual_state(params, B, K, F16, F16, gen=gen)
+    q, k, v, lr = random_token(B, H, f, F16, gen=gen)
+    before = [x.clone() for x in state.tensors()]
+    with pytest.raises(RuntimeError, match="CUDA backend unavailable"):
+        CUDA_OPS[inner_net](q, k, v, lr, torch.tensor([3, 20]), ln_w.float(), ln_b.float(), tib.float(), state)
+    assert all(torch.equal(x, x0) for x, x0 in zip(state.tensors(), before))
+
+
+@pytest.mark.parametrize("inner_net", ["mlp_1", "mlp_2"])
+def test_cuda_op_rejects_bad_arguments_like_triton(inner_net):
+    """The shared check_decode_args runs first: the same error as the Triton op, on any machine."""
+    gen = torch.Generator().manual_seed(24)
+    params, ln_w, ln_b, tib = random_layer(inner_net, 2, 64, K, gen=gen)
+    state = random_dual_state(params, 2, K, F16, F16, gen=gen)
+    q, k, v, lr = random_token(2, 2, 64, F16, gen=gen)
+    with pytest.raises(TypeError, match="v must have dtype"):
+        CUDA_OPS[inner_net](q, k, v.float(), lr, torch.tensor([3, 20]), ln_w, ln_b, tib, state)
+
+
+@pytest.mark.skipif(torch.version.cuda is not None, reason="this torch is a CUDA build")
+def test_setup_skips_the_extension_with_cpu_torch():
+    setup = runpy.run_path(str(ROOT / "setup.py"), run_name="ttt_kernels_setup")
+    ext_modules, cmdclass, reason = setup["cuda_extension"]()
+    assert ext_modules == [] and cmdclass == {} and "CPU-only" in reason
+
+
+def _nvcc():
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+    found = shutil.which("nvcc") or str(Path(home) / "bin" / "nvcc")
+    return found if Path(found).exists() else None
+
+
+@pytest.mark.skipif(_nvcc() is None, reason="no nvcc")
+def test_cuda_sources_compile_for_sm90():
+    """Every .cu file builds with nvcc alone (no PyTorch headers) for sm_90: a syntax or
+    template error fails here, also on machines without a GPU."""
+    sources = sorted((ROOT / "csrc").glob("*.cu"))
+    assert sources
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = [(src, subprocess.Popen([_nvcc(), "-arch=sm_90", "-std=c++17", "-c", str(src), "-o",
+                                         str(Path(tmp) / (src.stem + ".o")), "-I", str(ROOT / "csrc")],
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+                 for src in sources]
+        failed = {}
+        for src, p in procs:
+            log, _ = p.communicate()
+            if p.returncode != 0:
+                failed[src.name] = log[-3000:]
+    assert not failed, failed
+
+
+# ---- the CUDA sources on the host: csrc/emu emulates the warp-level instructions
+
+class _Params(ctypes.Structure):  # TTTDecodeParams (csrc/ttt_decode_dual.h)
+    _fields_ = ([(n, ctypes.c_void_p) for n in ("q", "k", "v", "lr", "pos", "ln_w", "ln_b", "tib", "out")]
+                + [("w", ctypes.c_void_p * 4), ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p),
+                   ("lr_cache", ctypes.c_void_p)]
+                + [(n, ctypes.c_int) for n in ("B", "H", "F", "K", "act_dtype", "state_dtype", "lr_dtype",
+                                               "ln_w_dtype", "ln_b_dtype", "tib_dtype", "pos_dtype")])
+
+
+_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3, torch.int32: 4, torch.int64: 5}
+EMU = ROOT / "csrc" / "emu"
+
+
+@pytest.fixture(scope="module")
+def emulated_kernels(tmp_path_factory):
+    """The CUDA sources compiled for the host against the emulator, as a ctypes library."""
+    tmp = tmp_path_factory.mktemp("emu")
+    units = runpy.run_path(str(EMU / "transform.py"))["transform"](ROOT / "csrc", tmp / "src")
+    flags = ["-std=c++20", "-O2", "-fPIC", "-w", "-include", "emu_prelude.h", f"-I{EMU / 'include'}", f"-I{EMU}",
+             f"-I{tmp / 'src'}"]
+    jobs = [(["-x", "c++", str(u)], tmp / f"{u.stem}.o") for u in units] + [([str(EMU / "emu_core.cpp")],
+                                                                            tmp / "emu_core.o")]
+    procs = [(obj, subprocess.Popen(["g++", *flags, "-c", *src, "-o", str(obj)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)) for src, obj in jobs]
+    logs = {obj.name: p.communicate()[0][-3000:] for obj, p in procs if p.wait() != 0}
+    assert not logs, logs
+    lib_path = tmp / "libttt_emu.so"
+    subprocess.run(["g++", "-shared", "-o", str(lib_path), *(str(obj) for obj, _ in procs)], check=True)
+    lib = ctypes.CDLL(str(lib_path))
+    for fn in (lib.ttt_linear_decode_dual_launch, lib.ttt_mlp_decode_dual_launch):
+        fn.restype, fn.argtypes = ctypes.c_char_p, [ctypes.POINTER(_Params), ctypes.c_void_p]
+    return {"mlp_1": lib.ttt_linear_decode_dual_launch, "mlp_2": lib.ttt_mlp_decode_dual_launch}
+
+
+def _emulated_step(launch, inner_net, q, k, v, lr, pos, ln_w, ln_b, tib, state, out):
+    """What binding.cpp does, on CPU tensors: the shared checks, then the C launcher."""
+    B, H, f, K, out = check_decode_args(inner_net, TTTDualState, q, k, v, lr, pos, ln_w, ln_b, tib, state, out, True)
+    p = _Params()
+    for name, t in (("q", q), ("k", k), ("v", v), ("lr", lr), ("pos", pos), ("ln_w", ln_w), ("ln_b", ln_b),
+                    ("tib", tib), ("out", out), ("k_cache", state.k_cache), ("v_cache", state.v_cache),
+                    ("lr_cache", state.lr_cache)):
+        setattr(p, name, t.data_ptr())
+    for i, w in enumerate(state.weights):
+        p.w[i] = w.data_ptr()
+    p.B, p.H, p.F, p.K = B, H, f, K
+    p.act_dtype, p.state_dtype, p.lr_dtype = _CODES[q.dtype], _CODES[state.weights[0].dtype], _CODES[lr.dtype]
+    p.ln_w_dtype, p.ln_b_dtype, p.tib_dtype = _CODES[ln_w.dtype], _CODES[ln_b.dtype], _CODES[tib.dtype]
+    p.pos_dtype = _CODES[pos.dtype]
+    err = launch(ctypes.byref(p), None)
+    assert err is None, err.decode()
+    return out
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no g++")
+@pytest.mark.parametrize("inner_net,f,state_dtype,act_dtype", [
+    ("mlp_1", 64, F16, F16), ("mlp_1", 128, F32, F16), ("mlp_1", 64, BF16, F32),
+    ("mlp_2", 64, F16, F16),  # one CTA per head
+    ("mlp_2", 64, F32, F32), ("mlp_2", 128, BF16, BF16), ("mlp_2", 128, F32, F16),  # clusters of 2, 4, 8
+], ids=str)
+def test_cuda_kernel_source_in_host_emulation(emulated_kernels, inner_net, f, state_dtype, act_dtype):
+    """The kernels' index math, fragment layouts, barriers and cluster exchanges, checked on
+    any machine: 10 steps from positions 7 and 15 (both sequences cross a mini-batch end)."""
+    gen = torch.Generator().manual_seed(25)
+    B, H = 2, 2
+    params, ln_w, ln_b, tib = random_layer(inner_net, H, f, K, gen=gen)
+    state = random_dual_state(params, B, K, state_dtype, act_dtype, gen=gen)
+    ref_state = to_float64(state)
+    pos = torch.tensor([7, 15], dtype=torch.int32)
+    tol = TOL[state_dtype] if act_dtype == F32 else max(TOL[state_dtype], TOL[act_dtype])
+    for step in range(10):
+        q, k, v, lr = random_token(B, H, f, act_dtype, gen=gen)
+        out = _emulated_step(emulated_kernels[inner_net], inner_net, q, k, v, lr, pos, ln_w.float(), ln_b.float(),
+                             tib.float(), state, torch.full_like(q, math.nan))
+        ref = DUAL_REFS[inner_net](q.double(), k.double(), v.double(), lr.double(), pos.long(), ln_w, ln_b, tib,
+                                   ref_state)
+        assert not out.isnan().any(), f"step {step}: unwritten output elements"
+        assert rel_err(out - q, ref - q.double()) < tol, (step, rel_err(out - q, ref - q.double()))
+        pos += 1
+    for i, (w, w_ref) in enumerate(zip(state.weights, ref_state.weights)):
+        assert rel_err(w, w_ref) < tol, (i, rel_err(w, w_ref))
+    t = (pos % K).tolist()
+    for b in range(B):
+        for x, x_ref in ((state.k_cache, ref_state.k_cache), (state.v_cache, ref_state.v_cache),
+                         (state.lr_cache, ref_state.lr_cache)):
+            torch.testing.assert_close(x[b, :, : t[b]].double(), x_ref[b, :, : t[b]], rtol=0, atol=0)

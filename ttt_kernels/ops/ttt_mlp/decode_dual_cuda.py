@@ -1,0 +1,20 @@
+"""TTT-MLP dual-form decode step on the hand-written CUDA kernel (csrc/ttt_mlp_decode_dual.cuh).
+
+Same arguments, semantics and state layout as :func:`ttt_mlp_decode_dual` (Triton);
+head dims 64 and 128, mini-batches of at most 16 tokens.
+"""
+
+import torch
+
+from ..cuda_backend import check_supported
+from ..ttt_state import TTTDualState, check_decode_args
+
+
+def ttt_mlp_decode_dual_cuda(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state: TTTDualState,
+                             *, out=None, check_positions=True) -> torch.Tensor:
+    """One TTT-MLP decode step, one launch; updates ``state`` in place and returns ``q + LN(z2_bar)``."""
+    _, _, _, K, out = check_decode_args("mlp_2", TTTDualState, q, k, v, lr, pos, ln_weight, ln_bias,
+                                        token_idx_bias, state, out, check_positions)
+    check_supported(q, K).ttt_mlp_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, out,
+                                              *state.weights, state.k_cache, state.v_cache, state.lr_cache)
+    return out
