@@ -8,7 +8,8 @@ layer's inner-net op, or (``--op mamba``) the Mamba mixer's conv + SSM step.
 
 Lines (``--lines``; spaces or underscores): ``ref`` the PyTorch reference, eager (TTT: the
 dual form); ``ref compile`` the same under torch.compile (TTT only); ``primal`` / ``dual``
-the TTT Triton kernels (original algorithm / this project's); ``fused`` our Mamba step
+the TTT Triton kernels (original algorithm / this project's); ``cuda`` this project's
+dual form as hand-written CUDA (``ttt_kernels._C``; a note when it is not built); ``fused`` our Mamba step
 (conv kernel, x_proj GEMM, SSM kernel with dt_proj fused); ``mamba_ssm`` mamba-ssm's step
 kernels (``causal_conv1d_update``, x_proj and dt_proj GEMMs, ``selective_state_update``)
 when ``mamba_ssm`` and ``causal_conv1d`` import (the ``[mamba]`` extra), skipped with a
@@ -55,13 +56,14 @@ from ttt_kernels.utils.benchmarking import (HBM_BYTES_PER_S, as_dtype, decode_fl
 K = 16
 DEVICE = "cuda"
 LINES = {
-    "ttt": ["ref", "ref CG", "ref compile", "ref compile CG", "primal", "primal CG", "dual", "dual CG"],
+    "ttt": ["ref", "ref CG", "ref compile", "ref compile CG", "primal", "primal CG", "dual", "dual CG",
+            "cuda", "cuda CG"],
     "mamba": ["ref", "ref CG", "fused", "fused CG", "mamba_ssm", "mamba_ssm CG"],
 }
 EAGER_REF = ("ref",)  # the lines --max_ref_batch limits
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 _COLORS = {"ref": "tab:gray", "ref compile": "tab:orange", "primal": "tab:red", "dual": "tab:blue",
-           "fused": "tab:blue", "mamba_ssm": "tab:green"}
+           "cuda": "tab:purple", "fused": "tab:blue", "mamba_ssm": "tab:green"}
 
 
 def line_name(s: str) -> str:
@@ -120,9 +122,9 @@ def parse_args(argv=None):
 # the TTT ops of each line, by their exact names
 OP_NAMES = {
     "mlp_1": ("ttt_kernels.ops.ttt_linear", {"ref": "ttt_linear_decode_dual_ref", "primal": "ttt_linear_decode_primal",
-                                             "dual": "ttt_linear_decode_dual"}),
+                                             "dual": "ttt_linear_decode_dual", "cuda": "ttt_linear_decode_dual_cuda"}),
     "mlp_2": ("ttt_kernels.ops.ttt_mlp", {"ref": "ttt_mlp_decode_dual_ref", "primal": "ttt_mlp_decode_primal",
-                                          "dual": "ttt_mlp_decode_dual"}),
+                                          "dual": "ttt_mlp_decode_dual", "cuda": "ttt_mlp_decode_dual_cuda"}),
 }
 
 
@@ -220,7 +222,7 @@ class Bench:
 class TTTBench(Bench):
     """One TTT layer's inner-net op: H heads of dimension f."""
 
-    kernel_lines = ("primal", "dual")
+    kernel_lines = ("primal", "dual", "cuda")
 
     def __init__(self, args):
         super().__init__(args)
@@ -270,7 +272,7 @@ class TTTBench(Bench):
             raise fn
         tokens, pos = self.inputs(B)
         st = self.state("primal" if base == "primal" else "dual", B)
-        if base in ("primal", "dual"):
+        if base in self.kernel_lines:
             def step(i):
                 fn(*tokens[i], pos[i], *self.ln, st, out=self.out, check_positions=False)
         else:  # the references take no keyword arguments and return a new tensor

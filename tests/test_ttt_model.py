@@ -11,9 +11,10 @@ import torch
 from ttt_kernels.models.config import CONFIGS, get_config
 from ttt_kernels.models.ttt_lm import TTTLM
 from ttt_kernels.modules.ttt_layer import INNER_NETS, get_inner_net
+from ttt_kernels.ops import cuda_backend
 from ttt_kernels.utils.generation import DecodeStep, generate
 
-TRITON_NETS = [n for n in INNER_NETS if n.endswith("_triton")]
+KERNEL_NETS = [n for n in INNER_NETS if get_inner_net(n).kernel]  # Triton and CUDA
 F32 = torch.float32
 
 
@@ -65,6 +66,8 @@ def load_op_or_skip(name):
         get_inner_net(name).load()
     except ImportError as e:
         pytest.skip(f"{name}: kernel not available yet ({e})")
+    if name.endswith("_cuda") and not cuda_backend.is_available():
+        pytest.skip(f"{name}: {cuda_backend.unavailable_reason()}")
 
 
 def conv_states(cache):
@@ -256,7 +259,7 @@ def test_generate_eager_cpu():
 # ------------------------------------------------------------------ GPU: CUDA graphs
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("inner_net", TRITON_NETS)
+@pytest.mark.parametrize("inner_net", KERNEL_NETS)
 @pytest.mark.parametrize("promptlen", [1, 21])
 def test_cuda_graph_generation_equals_eager(inner_net, promptlen):
     load_op_or_skip(inner_net)

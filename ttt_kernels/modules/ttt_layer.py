@@ -62,6 +62,9 @@ INNER_NETS = {
     "mlp_2_dual_triton": InnerNet("mlp_2", "dual", "ttt_kernels.ops.ttt_mlp", "ttt_mlp_decode_dual", True),
     "mlp_1_primal_triton": InnerNet("mlp_1", "primal", "ttt_kernels.ops.ttt_linear", "ttt_linear_decode_primal", True),
     "mlp_2_primal_triton": InnerNet("mlp_2", "primal", "ttt_kernels.ops.ttt_mlp", "ttt_mlp_decode_primal", True),
+    # hand-written CUDA (ttt_kernels._C), the Triton dual kernels' semantics and state layout
+    "mlp_1_dual_cuda": InnerNet("mlp_1", "dual", "ttt_kernels.ops.ttt_linear", "ttt_linear_decode_dual_cuda", True),
+    "mlp_2_dual_cuda": InnerNet("mlp_2", "dual", "ttt_kernels.ops.ttt_mlp", "ttt_mlp_decode_dual_cuda", True),
 }
 
 # whole mini-batches in matrix form, for prefill (valid for either state form: at a
