@@ -159,12 +159,12 @@ def test_named_configs_and_roofline_bytes():
         MambaLM.from_name("ttt-tiny")
 
 
-def test_vocab_padding_and_seeded_init():
-    model = MambaLM.from_name("mamba-tiny", vocab_size=509)
+def test_vocab_padding_and_seeded_init(device):
+    model = MambaLM.from_name("mamba-tiny", vocab_size=509, device=device)
     assert model.embed_tokens.weight.shape == (512, 128)  # padded to a multiple of 8
     cache = model.allocate_inference_cache(2)
-    assert model.prefill(random_ids((2, 3), 0, "cpu") % 509, cache).shape == (2, 509)
-    assert model.step(torch.tensor([0, 508]), cache).shape == (2, 509)
+    assert model.prefill(random_ids((2, 3), 0, device) % 509, cache).shape == (2, 509)
+    assert model.step(torch.tensor([0, 508], device=device), cache).shape == (2, 509)
     a, b = MambaLM.from_name("mamba-tiny"), MambaLM.from_name("mamba-tiny")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(a.layers[0].mixer.in_proj.weight, a.layers[1].mixer.in_proj.weight)
