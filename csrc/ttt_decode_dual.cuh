@@ -162,6 +162,37 @@ __device__ __forceinline__ uint32_t movt(uint32_t x) {
   return y;
 }
 
+// The B operand of X^T (s G) from G's C fragments ([16 x 8 NT], rows = the mini-batch): the
+// scaled values packed and each 8x8 block transposed in registers. The rank-16 weight updates.
+template <class TS, int NT>
+__device__ __forceinline__ void scaled_transposed_b(uint32_t (&bg)[NT][Dot<TS>::N][2], const float (&z)[NT][4],
+                                                    float s) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    uint32_t p0[Dot<TS>::N], p1[Dot<TS>::N];
+    pack<TS>(p0, s * z[nt][0], s * z[nt][1]);
+    pack<TS>(p1, s * z[nt][2], s * z[nt][3]);
+#pragma unroll
+    for (int n = 0; n < Dot<TS>::N; ++n) {
+      bg[nt][n][0] = movt(p0[n]);
+      bg[nt][n][1] = movt(p1[n]);
+    }
+  }
+}
+
+// What every launcher checks before dispatching on the head dim: ``launch(integral_constant<int, F>)``
+// launches the kernel for head dim F and returns nullptr or an error message.
+template <class Launch>
+const char* launch_by_head_dim(const TTTDecodeParams& p, Launch&& launch) {
+  if (p.K < 1 || p.K > ROWS || (p.K & (p.K - 1))) return "the mini-batch size K must be a power of two <= 16";
+  if (p.B * static_cast<int64_t>(p.H) == 0) return nullptr;
+  switch (p.F) {
+    case 64: return launch(std::integral_constant<int, 64>());
+    case 128: return launch(std::integral_constant<int, 128>());
+    default: return "the CUDA kernels support head dims 64 and 128";
+  }
+}
+
 // ---------------------------------------------------------------- shared memory
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {

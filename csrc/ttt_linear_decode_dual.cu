@@ -133,17 +133,7 @@ __global__ void __launch_bounds__(LinearCfg<F, TA, TS>::WARPS * 32)
     }
     // W += K^T (-eta G): B operand = (-eta G) transposed 8x8 block by block
     uint32_t bg[NT][N][2];
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      uint32_t p0[N], p1[N];
-      pack<TS>(p0, -tok.eta * z[nt][0], -tok.eta * z[nt][1]);
-      pack<TS>(p1, -tok.eta * z[nt][2], -tok.eta * z[nt][3]);
-#pragma unroll
-      for (int n = 0; n < N; ++n) {
-        bg[nt][n][0] = movt(p0[n]);
-        bg[nt][n][1] = movt(p1[n]);
-      }
-    }
+    scaled_transposed_b<TS>(bg, z, -tok.eta);
 #pragma unroll
     for (int mt = 0; mt < KS; ++mt) {
       uint32_t ka[N][4];
@@ -207,11 +197,5 @@ const char* dispatch(const TTTDecodeParams& p, cudaStream_t stream) {
 }  // namespace ttt
 
 extern "C" const char* ttt_linear_decode_dual_launch(const TTTDecodeParams* p, cudaStream_t stream) {
-  if (p->K < 1 || p->K > ttt::ROWS || (p->K & (p->K - 1))) return "the mini-batch size K must be a power of two <= 16";
-  if (p->B * static_cast<int64_t>(p->H) == 0) return nullptr;
-  switch (p->F) {
-    case 64: return ttt::dispatch<64>(*p, stream);
-    case 128: return ttt::dispatch<128>(*p, stream);
-    default: return "the CUDA kernels support head dims 64 and 128";
-  }
+  return ttt::launch_by_head_dim(*p, [&](auto f) { return ttt::dispatch<decltype(f)::value>(*p, stream); });
 }

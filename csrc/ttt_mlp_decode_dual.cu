@@ -27,11 +27,5 @@ TTT_MLP_EXTERN(__nv_bfloat16)
 }  // namespace ttt
 
 extern "C" const char* ttt_mlp_decode_dual_launch(const TTTDecodeParams* p, cudaStream_t stream) {
-  if (p->K < 1 || p->K > ttt::ROWS || (p->K & (p->K - 1))) return "the mini-batch size K must be a power of two <= 16";
-  if (p->B * static_cast<int64_t>(p->H) == 0) return nullptr;
-  switch (p->F) {
-    case 64: return ttt::dispatch<64>(*p, stream);
-    case 128: return ttt::dispatch<128>(*p, stream);
-    default: return "the CUDA kernels support head dims 64 and 128";
-  }
+  return ttt::launch_by_head_dim(*p, [&](auto f) { return ttt::dispatch<decltype(f)::value>(*p, stream); });
 }

@@ -349,17 +349,7 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
     }
     // W1[:, slice] += K^T (-eta G1): W1's tile was overwritten, so W1 comes from global memory (L2)
     uint32_t bg[HT][N][2];
-#pragma unroll
-    for (int nt = 0; nt < HT; ++nt) {
-      uint32_t p0[N], p1[N];
-      pack<TS>(p0, -tok.eta * g1[nt][0], -tok.eta * g1[nt][1]);
-      pack<TS>(p1, -tok.eta * g1[nt][2], -tok.eta * g1[nt][3]);
-#pragma unroll
-      for (int n = 0; n < N; ++n) {
-        bg[nt][n][0] = movt(p0[n]);
-        bg[nt][n][1] = movt(p1[n]);
-      }
-    }
+    scaled_transposed_b<TS>(bg, g1, -tok.eta);
 #pragma unroll
     for (int mt = 0; mt < KS; ++mt) {
       uint32_t ka[N][4];
@@ -377,17 +367,7 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
     }
     // W2[slice, :] += X2^T (-eta G2): X2^T's A fragments are X2's, each 8x8 block transposed
     uint32_t bg2[NT][N][2];
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      uint32_t p0[N], p1[N];
-      pack<TS>(p0, -tok.eta * z2[nt][0], -tok.eta * z2[nt][1]);
-      pack<TS>(p1, -tok.eta * z2[nt][2], -tok.eta * z2[nt][3]);
-#pragma unroll
-      for (int n = 0; n < N; ++n) {
-        bg2[nt][n][0] = movt(p0[n]);
-        bg2[nt][n][1] = movt(p1[n]);
-      }
-    }
+    scaled_transposed_b<TS>(bg2, z2, -tok.eta);
 #pragma unroll
     for (int s = 0; s < HS; ++s) {
       uint32_t xt[N][4];
