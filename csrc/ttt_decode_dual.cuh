@@ -326,6 +326,22 @@ struct Token {
   int t;
   float eta, lr;
 };
+
+// Append the step's token to the mini-batch cache at row t: its k and v rows, staged swizzled in
+// shared memory (sk, sv; RAW_ROW bytes a row), by one warp in 16-byte stores, and its lr.
+template <int RAW_ROW, class TA>
+__device__ __forceinline__ void append_cache_row(const TTTDecodeParams& P, int64_t bh, int F, const Token& tok,
+                                                 const char* sk, const char* sv, int lane) {
+  constexpr int CH = RAW_ROW / 16, EPC = 16 / sizeof(TA);
+  const int64_t row = (bh * P.K + tok.t) * F;
+  for (int i = lane; i < 2 * CH; i += 32) {
+    const bool isv = i >= CH;
+    const int ch = isv ? i - CH : i;
+    const uint4 x = *reinterpret_cast<const uint4*>((isv ? sv : sk) + swz<RAW_ROW>(tok.t, ch));
+    *reinterpret_cast<uint4*>(static_cast<TA*>(isv ? P.v_cache : P.k_cache) + row + ch * EPC) = x;
+  }
+  if (lane == 0) P.lr_cache[bh * P.K + tok.t] = tok.lr;
+}
 __device__ __forceinline__ Token load_token(const TTTDecodeParams& P, int64_t bh) {
   Token s;
   s.t = static_cast<int>(load_pos(P.pos, P.pos_dtype, bh / P.H) & (P.K - 1));

@@ -327,15 +327,7 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
         if ((nt & 7) == g) st2(b2 + col, b2s[col] - tok.eta * s0, b2s[col + 1] - tok.eta * s1);
       }
     } else {
-      constexpr int CH = Cfg::RAW_ROW / 16, EPC = 16 / sizeof(TA);
-      const int64_t row = (bh * P.K + tok.t) * F;
-      for (int i = lane; i < 2 * CH; i += 32) {
-        const bool isv = i >= CH;
-        const int ch = isv ? i - CH : i;
-        const uint4 x = *reinterpret_cast<const uint4*>((isv ? sv : sk) + swz<Cfg::RAW_ROW>(tok.t, ch));
-        *reinterpret_cast<uint4*>(static_cast<TA*>(isv ? P.v_cache : P.k_cache) + row + ch * EPC) = x;
-      }
-      if (lane == 0) P.lr_cache[bh * P.K + tok.t] = tok.lr;
+      append_cache_row<Cfg::RAW_ROW, TA>(P, bh, F, tok, sk, sv, lane);
     }
   }
 
