@@ -18,8 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..modules.norm import RMSNorm
-from ..modules.ttt_layer import prefill_plan
-from ..utils.generation import InferenceCache
+from ..utils.generation import InferenceCache, prefill_plan
 from .config import get_config
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"

@@ -32,6 +32,7 @@ from ..ops.conv_rotary import qk_conv_rotary_step
 from ..ops.mamba import causal_conv1d_update, causal_conv1d_update_ref
 from ..ops.norm import gated_layer_norm, gated_layer_norm_ref
 from ..ops.ttt_state import TTTDualState, TTTPrimalState, inner_net_shapes
+from ..utils.generation import prefill_plan
 from .rotary import Rotary
 
 # ---------------------------------------------------------------- inner-net registry
@@ -137,29 +138,6 @@ class TTTLayerCache:
     def tensors(self) -> list[torch.Tensor]:
         """The tensors this layer owns (not the shared positions)."""
         return [*self.ttt.tensors(), self.q_conv, self.k_conv]
-
-
-def prefill_plan(positions: torch.Tensor, lengths, T: int, K: int):
-    """Checks and host-side facts for a prefill of ``T`` tokens from ``positions [B]`` (a host sync).
-
-    Returns ``lengths_host`` (list), ``lengths`` (device tensor), the tokens' positions
-    ``[B, T]`` and ``start_phase``: ``positions % K`` when the same for every sequence, else None.
-    """
-    B = positions.shape[0]
-    if lengths is None:
-        lengths_host = [T] * B
-    else:
-        lengths_host = [int(n) for n in torch.as_tensor(lengths).reshape(-1).tolist()]
-        if len(lengths_host) != B or not all(1 <= n <= T for n in lengths_host):
-            raise ValueError(f"lengths must be {B} values in 1..{T}, got {lengths_host}")
-    # the cache owns the positions: checked here, so decode steps need no host sync
-    start = positions.tolist()
-    if min(start) < 0 or max(start) + T >= 2**31 - 1:
-        raise ValueError(f"cache positions out of range: {min(start)}..{max(start)}")
-    phases = {p % K for p in start}
-    dev = positions.device
-    return (lengths_host, torch.tensor(lengths_host, device=dev),
-            positions[:, None] + torch.arange(T, device=dev), phases.pop() if len(phases) == 1 else None)
 
 
 class TTTLayer(nn.Module):

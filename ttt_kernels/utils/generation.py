@@ -70,6 +70,29 @@ class InferenceCache:
         self.positions.zero_()
 
 
+def prefill_plan(positions: torch.Tensor, lengths, T: int, K: int):
+    """Checks and host-side facts for a prefill of ``T`` tokens from ``positions [B]`` (a host sync).
+
+    Returns ``lengths_host`` (list), ``lengths`` (device tensor), the tokens' positions
+    ``[B, T]`` and ``start_phase``: ``positions % K`` when the same for every sequence, else None.
+    """
+    B = positions.shape[0]
+    if lengths is None:
+        lengths_host = [T] * B
+    else:
+        lengths_host = [int(n) for n in torch.as_tensor(lengths).reshape(-1).tolist()]
+        if len(lengths_host) != B or not all(1 <= n <= T for n in lengths_host):
+            raise ValueError(f"lengths must be {B} values in 1..{T}, got {lengths_host}")
+    # the cache owns the positions: checked here, so decode steps need no host sync
+    start = positions.tolist()
+    if min(start) < 0 or max(start) + T >= 2**31 - 1:
+        raise ValueError(f"cache positions out of range: {min(start)}..{max(start)}")
+    phases = {p % K for p in start}
+    dev = positions.device
+    return (lengths_host, torch.tensor(lengths_host, device=dev),
+            positions[:, None] + torch.arange(T, device=dev), phases.pop() if len(phases) == 1 else None)
+
+
 class DecodeStep:
     """One greedy decode step on static buffers: ``ids [B]`` (the tokens to feed) -> logits
     ``[B, V]``, and the argmax written back into ``ids``, ready for the next call.
