@@ -155,6 +155,26 @@ __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[Dot<TS>::
   mma1(E(), d, a[0], b[0]);
 }
 
+// A 16x16 block of a weight matrix loaded by an x4 ldmatrix.trans (16 k-rows, 16 columns) as
+// the B operands of its two 8-column halves.
+template <int N>
+__device__ __forceinline__ void b_halves(const uint32_t (&r)[N][4], uint32_t (&b0)[N][2], uint32_t (&b1)[N][2]) {
+#pragma unroll
+  for (int n = 0; n < N; ++n) {
+    b0[n][0] = r[n][0]; b0[n][1] = r[n][1];
+    b1[n][0] = r[n][2]; b1[n][1] = r[n][3];
+  }
+}
+
+// The same block as the A operand of the transposed product (W^T q): the registers reordered.
+template <int N>
+__device__ __forceinline__ void a_transposed(const uint32_t (&r)[N][4], uint32_t (&wt)[N][4]) {
+#pragma unroll
+  for (int n = 0; n < N; ++n) {
+    wt[n][0] = r[n][0]; wt[n][1] = r[n][2]; wt[n][2] = r[n][1]; wt[n][3] = r[n][3];
+  }
+}
+
 // transpose of an 8x8 b16 matrix held one register per thread (row g, cols 2c..2c+1)
 __device__ __forceinline__ uint32_t movt(uint32_t x) {
   uint32_t y;

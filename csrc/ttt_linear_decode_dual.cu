@@ -80,12 +80,8 @@ __global__ void __launch_bounds__(LinearCfg<F, TA, TS>::WARPS * 32)
     for (int np = 0; np < NT / 2; ++np) {
       uint32_t r[N][4], b0[N][2], b1[N][2], wt[N][4];
       ldsm4_t<N, Cfg::W_PART>(r, sW + swz<Cfg::W_ROW>(16 * ks + (lane & 7) + ((lane >> 3) & 1) * 8, 2 * np + (lane >> 4)));
-#pragma unroll
-      for (int n = 0; n < N; ++n) {
-        b0[n][0] = r[n][0]; b0[n][1] = r[n][1];
-        b1[n][0] = r[n][2]; b1[n][1] = r[n][3];
-        wt[n][0] = r[n][0]; wt[n][1] = r[n][2]; wt[n][2] = r[n][1]; wt[n][3] = r[n][3];
-      }
+      b_halves(r, b0, b1);
+      a_transposed(r, wt);
       mma<TS>(z[2 * np], ka, b0);
       mma<TS>(z[2 * np + 1], ka, b1);
       mma<TS>(zq[np], wt, bq);

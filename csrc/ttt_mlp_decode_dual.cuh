@@ -108,12 +108,8 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
       uint32_t r[N][4], b0[N][2], b1f[N][2], wt[N][4];
       ldsm4_t<N, Cfg::W1_PART>(
           r, sW1 + swz<Cfg::W1_ROW>(16 * ks + (lane & 7) + ((lane >> 3) & 1) * 8, hw0 / 8 + 2 * np + (lane >> 4)));
-#pragma unroll
-      for (int n = 0; n < N; ++n) {
-        b0[n][0] = r[n][0]; b0[n][1] = r[n][1];
-        b1f[n][0] = r[n][2]; b1f[n][1] = r[n][3];
-        wt[n][0] = r[n][0]; wt[n][1] = r[n][2]; wt[n][2] = r[n][1]; wt[n][3] = r[n][3];
-      }
+      b_halves(r, b0, b1f);
+      a_transposed(r, wt);
       mma<TS>(gp[2 * np], ka, b0);
       mma<TS>(gp[2 * np + 1], ka, b1f);
       mma<TS>(zq[np], wt, bq);
@@ -161,11 +157,7 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
       uint32_t r[N][4], b0[N][2], b1f[N][2];
       ldsm4_t<N, Cfg::W2_PART>(
           r, sW2 + swz<Cfg::W2_ROW>(hw0 + 16 * s + (lane & 7) + ((lane >> 3) & 1) * 8, 2 * np + (lane >> 4)));
-#pragma unroll
-      for (int n = 0; n < N; ++n) {
-        b0[n][0] = r[n][0]; b0[n][1] = r[n][1];
-        b1f[n][0] = r[n][2]; b1f[n][1] = r[n][3];
-      }
+      b_halves(r, b0, b1f);
       mma<TS>(z2[2 * np], xa[s], b0);
       mma<TS>(z2[2 * np + 1], xa[s], b1f);
     }
@@ -221,11 +213,7 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
       uint32_t r[N][4], b0[N][2], b1f[N][2];
       ldsm4<N, Cfg::W2_PART>(
           r, sW2 + swz<Cfg::W2_ROW>(hw0 + 16 * np + (lane & 7) + (lane >> 4) * 8, 2 * s + ((lane >> 3) & 1)));
-#pragma unroll
-      for (int n = 0; n < N; ++n) {
-        b0[n][0] = r[n][0]; b0[n][1] = r[n][1];
-        b1f[n][0] = r[n][2]; b1f[n][1] = r[n][3];
-      }
+      b_halves(r, b0, b1f);
       mma<TS>(g1[2 * np], ga[s], b0);
       mma<TS>(g1[2 * np + 1], ga[s], b1f);
     }
@@ -270,11 +258,7 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
       uint32_t r[N][4], b0[N][2], b1f[N][2];
       ldsm4_t<N, Cfg::W2_PART>(
           r, sW2 + swz<Cfg::W2_ROW>(hw0 + 16 * s + (lane & 7) + ((lane >> 3) & 1) * 8, 2 * np + (lane >> 4)));
-#pragma unroll
-      for (int n = 0; n < N; ++n) {
-        b0[n][0] = r[n][0]; b0[n][1] = r[n][1];
-        b1f[n][0] = r[n][2]; b1f[n][1] = r[n][3];
-      }
+      b_halves(r, b0, b1f);
       mma<TS>(xw[2 * np], xba, b0);
       mma<TS>(xw[2 * np + 1], xba, b1f);
     }
