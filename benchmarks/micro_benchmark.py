@@ -168,6 +168,13 @@ class Bench:
         """The 16 step closures of ``line`` at batch ``B``."""
         raise NotImplementedError
 
+    def op(self, line):
+        """The callable of ``line`` (CG or not); raises what made it unavailable."""
+        fn = self.ops[line.removesuffix(" CG")]
+        if isinstance(fn, Exception):
+            raise fn
+        return fn
+
     def floor_bytes(self, B) -> int:
         raise NotImplementedError
 
@@ -266,10 +273,7 @@ class TTTBench(Bench):
         return st
 
     def steps(self, line, B):
-        base = line.removesuffix(" CG")
-        fn = self.ops[base]
-        if isinstance(fn, Exception):
-            raise fn
+        base, fn = line.removesuffix(" CG"), self.op(line)
         tokens, pos = self.inputs(B)
         st = self.state("primal" if base == "primal" else "dual", B)
         if base in self.kernel_lines:
@@ -335,10 +339,7 @@ class MambaBench(Bench):
         return step
 
     def steps(self, line, B):
-        base = line.removesuffix(" CG")
-        fn = self.ops[base]
-        if isinstance(fn, Exception):
-            raise fn
+        base, fn = line.removesuffix(" CG"), self.op(line)
         xz, d = self.inputs(B), self.mixer.d_inner
         cs, h = self.state(B)
         w = self.mixer.step_weights()

@@ -19,7 +19,6 @@ class Rotary(nn.Module):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"rotary needs an even head dim, got {head_dim}")
-        self.period = period
         inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
         angles = torch.arange(period, dtype=torch.float64)[:, None] * inv_freq[None, :]  # [K, f/2]
         # fp32 tables, not saved: they are a function of the config

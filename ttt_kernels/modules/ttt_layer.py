@@ -86,11 +86,16 @@ def get_inner_net(name: str) -> InnerNet:
 # ---------------------------------------------------------------- causal depthwise conv
 # Decode state layout as mamba-ssm's: ``[B, D, k]``, the last k inputs (the newest last).
 
+def conv_weight(conv: nn.Conv1d) -> torch.Tensor:
+    """A depthwise conv's weight as the ``[D, k]`` the conv steps take."""
+    return conv.weight.view(conv.weight.shape[0], -1)
+
+
 def conv_step(x: torch.Tensor, state: torch.Tensor, conv: nn.Conv1d, fused: bool) -> torch.Tensor:
     """One decode step: shifts ``x [B, D]`` into ``state`` in place (static shapes, no host
     sync: graph-safe) and returns ``conv + bias`` in ``x``'s dtype. ``fused``: the Triton conv
     step of ``ops.mamba`` (one launch), else its PyTorch reference."""
-    w = conv.weight.view(conv.weight.shape[0], -1)
+    w = conv_weight(conv)
     if fused:
         return _fused_conv_step(x, state, w, conv.bias)
     return causal_conv1d_update_ref(x, state, w, conv.bias, silu=False).to(x.dtype)
@@ -225,10 +230,6 @@ class TTTLayer(nn.Module):
         lr = self.base_lr * torch.sigmoid(lr_logit.float() + self.lr_bias) / self.head_dim
         return xqk, gate, v, lr
 
-    @staticmethod
-    def _conv_weight(conv: nn.Conv1d) -> torch.Tensor:
-        return conv.weight.view(conv.weight.shape[0], -1)
-
     def _heads(self, x):
         return x.reshape(*x.shape[:-1], self.num_heads, self.head_dim)
 
@@ -254,8 +255,8 @@ class TTTLayer(nn.Module):
         xqk, gate, v, lr = self._project(x)
         fused = self.spec.kernel
         if fused:  # both convs and the rotary in one launch
-            q, k = _fused_qk_conv_rotary(xqk, cache.q_conv, cache.k_conv, self._conv_weight(self.conv_q),
-                                         self.conv_q.bias, self._conv_weight(self.conv_k), self.conv_k.bias,
+            q, k = _fused_qk_conv_rotary(xqk, cache.q_conv, cache.k_conv, conv_weight(self.conv_q),
+                                         self.conv_q.bias, conv_weight(self.conv_k), self.conv_k.bias,
                                          self.rotary.cos, self.rotary.sin, positions, self.num_heads)
         else:
             q = self._heads(conv_step(xqk, cache.q_conv, self.conv_q, fused))
