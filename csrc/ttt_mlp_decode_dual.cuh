@@ -34,6 +34,7 @@ struct MlpCfg {
   static constexpr int FHC = FH / CS, HW = FHC / WARPS;  // hidden columns per CTA / per warp
   static constexpr int NT = F / 8, KS = F / 16, HT = HW / 8, HS = HW / 16;
   static constexpr bool CONVERT = N == 2 || !std::is_same<TA, TS>::value;
+  static constexpr bool FAST = N == 1;  // tanh.approx in gelu for 16-bit states
   static constexpr int W1_ROW = 2 * FHC, W1_PART = F * W1_ROW, W2_ROW = 2 * F, W2_PART = FHC * W2_ROW;
   static constexpr int RAW_ROW = F * sizeof(TA), RAW = ROWS * RAW_ROW;
   static constexpr int KD_ROW = 2 * F, KD_PART = ROWS * KD_ROW;
@@ -124,8 +125,7 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const float zz = gp[nt][e] + ((e & 1) ? bb.y : bb.x);
-      x[e] = gelu(zz);
-      gp[nt][e] = gelu_grad(zz);
+      x[e] = gelu<Cfg::FAST>(zz, &gp[nt][e]);
     }
     uint32_t p0[N], p1[N];
     pack<TS>(p0, x[0], x[1]);
@@ -226,7 +226,7 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int col = hw0 + 8 * nt + 2 * c + e;
-      xb[nt][e] = gelu(zqs[col] + b1s[col] - tok.eta * col_sum(a0 * g1[nt][e] + a1 * g1[nt][e + 2]));
+      xb[nt][e] = gelu<Cfg::FAST>(zqs[col] + b1s[col] - tok.eta * col_sum(a0 * g1[nt][e] + a1 * g1[nt][e + 2]));
     }
   }
   // ---- partial x2_bar W2 (x2_bar as row 0 of an A tile) and partial x2_bar . x2_j

@@ -28,21 +28,45 @@ def dot_config(state_dtype: torch.dtype):
     return _TL_DTYPES[state_dtype], ("ieee" if state_dtype == torch.float32 else "tf32")
 
 
-@triton.jit
-def tanh(x):
-    # tl has no tanh on every Triton version we support; this form is exact in fp32
-    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+def fast_tanh(state_dtype: torch.dtype) -> bool:
+    """Whether gelu may use the GPU's one-instruction ``tanh.approx.f32`` (~5e-4 relative error,
+    27% fewer instructions in the TTT-MLP decode step): for fp16/bf16 states, whose products are
+    16-bit anyway; fp32 states keep the exact form (their tolerance is 1e-4), and the CPU
+    interpreter has no inline PTX."""
+    return state_dtype in (torch.float16, torch.bfloat16) and os.environ.get("TRITON_INTERPRET") != "1"
 
 
 @triton.jit
-def gelu_tanh(x):
-    return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+def tanh(x, FAST: tl.constexpr):
+    if FAST:
+        return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    else:
+        # tl has no tanh on every Triton version we support; exact in fp32 up to exp2 and the
+        # division, and it saturates cleanly to +-1
+        return 1.0 - 2.0 / (tl.exp2(2.8853900817779268 * x) + 1.0)
 
 
 @triton.jit
-def gelu_tanh_grad(x):
-    th = tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))
-    return 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * 0.7978845608028654 * (1.0 + 0.134145 * x * x)
+def gelu_tanh_and_grad(x, FAST: tl.constexpr):
+    """Tanh-approximation gelu and its exact derivative, from one tanh."""
+    xx = x * x
+    th = tanh(x * (0.7978845608028654 + 0.035677408136300125 * xx), FAST)
+    gelu = 0.5 * x * (1.0 + th)
+    grad = 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * (0.7978845608028654 + 0.10703222440890037 * xx)
+    return gelu, grad
+
+
+@triton.jit
+def gelu_tanh(x, FAST: tl.constexpr):
+    y, _ = gelu_tanh_and_grad(x, FAST)  # the unused derivative is dead code for the compiler
+    return y
+
+
+@triton.jit
+def gelu_tanh_grad(x, FAST: tl.constexpr):
+    _, dy = gelu_tanh_and_grad(x, FAST)
+    return dy
 
 
 @triton.jit

@@ -21,37 +21,39 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import (causal_dual_weights, dot_config, finish_prefill_window, gelu_tanh, gelu_tanh_grad,
-                            layer_norm_rows, ln_l2_grad_rows, load_prefill_rows, prefill_program, with_cached_rows)
+from ..triton_utils import (causal_dual_weights, dot_config, fast_tanh, finish_prefill_window, gelu_tanh,
+                            gelu_tanh_and_grad, layer_norm_rows, ln_l2_grad_rows, load_prefill_rows, prefill_program,
+                            with_cached_rows)
 from ..ttt_state import TTTDualState, check_prefill_args, prefill_strides
 from .decode_dual import _load_chunk
 
 
 @triton.jit
-def _hidden(kd, W1, b1, DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr):
-    """``Z1 = Kx W1 + b1`` and ``X2 = gelu(Z1)`` of one hidden chunk."""
+def _hidden(kd, W1, b1, DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr, FAST_TANH: tl.constexpr):
+    """``X2 = gelu(Z1)`` and ``gelu'(Z1)`` of one hidden chunk, ``Z1 = Kx W1 + b1``."""
     Z1 = tl.dot(kd, W1.to(DOT_DTYPE), input_precision=DOT_PREC) + b1.to(tl.float32)[None, :]
-    return Z1, gelu_tanh(Z1)
+    return gelu_tanh_and_grad(Z1, FAST_TANH)
 
 
 @triton.jit
-def _hidden_q(kd, qd, W1, b1, DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr):
+def _hidden_q(kd, qd, W1, b1, DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr, FAST_TANH: tl.constexpr):
     """:func:`_hidden` and the output path's ``Q W1 + b1``, from one operand copy of ``W1``."""
-    Z1, X2 = _hidden(kd, W1, b1, DOT_DTYPE, DOT_PREC)
-    return Z1, X2, tl.dot(qd, W1.to(DOT_DTYPE), input_precision=DOT_PREC) + b1.to(tl.float32)[None, :]
+    X2, GP = _hidden(kd, W1, b1, DOT_DTYPE, DOT_PREC, FAST_TANH)
+    return X2, GP, tl.dot(qd, W1.to(DOT_DTYPE), input_precision=DOT_PREC) + b1.to(tl.float32)[None, :]
 
 
 @triton.jit
-def _dual_hidden(kd, W1, b1, W2, Z1, X2, ZQ1, G2, A1, eta_upd, DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr):
+def _dual_hidden(kd, W1, b1, W2, X2, GP, ZQ1, G2, A1, eta_upd, DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr,
+                 FAST_TANH: tl.constexpr):
     """One hidden chunk's share of the outputs, ``X2_bar W2`` and ``X2_bar X2^T``, and its
     updated ``W1, b1, W2`` (rounded to their dtype, that of the state); ``ZQ1 = Q W1 + b1``."""
     W2d = W2.to(DOT_DTYPE)
     X2d = X2.to(DOT_DTYPE)
     G2d = G2.to(DOT_DTYPE)
     b1f = b1.to(tl.float32)
-    G1 = tl.dot(G2d, tl.trans(W2d), input_precision=DOT_PREC) * gelu_tanh_grad(Z1)
+    G1 = tl.dot(G2d, tl.trans(W2d), input_precision=DOT_PREC) * GP
     z1_bar = ZQ1 - tl.dot(A1.to(DOT_DTYPE), G1.to(DOT_DTYPE), input_precision=DOT_PREC)
-    x2_bar = gelu_tanh(z1_bar).to(DOT_DTYPE)
+    x2_bar = gelu_tanh(z1_bar, FAST_TANH).to(DOT_DTYPE)
     xw = tl.dot(x2_bar, W2d, input_precision=DOT_PREC)
     xx = tl.dot(x2_bar, tl.trans(X2d), input_precision=DOT_PREC)
     W1 = tl.dot(tl.trans(kd), (-eta_upd * G1).to(DOT_DTYPE), acc=W1.to(tl.float32),
@@ -79,7 +81,7 @@ def ttt_mlp_prefill_kernel(
     W1_ptr, b1_ptr, W2_ptr, b2_ptr, kc_ptr, vc_ptr, lrc_ptr,
     sq_b, sq_t, sk_b, sk_t, sv_b, sv_t, T,
     H: tl.constexpr, F: tl.constexpr, BF: tl.constexpr, FH: tl.constexpr, BH: tl.constexpr, K: tl.constexpr,
-    ON_CHIP: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr,
+    ON_CHIP: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr, FAST_TANH: tl.constexpr,
 ):
     cols = tl.arange(0, BF)
     cm = cols < F  # real features (f = 96 runs in a 128-wide block)
@@ -106,15 +108,16 @@ def ttt_mlp_prefill_kernel(
         # a window the prompt ends inside leaves the weights as they are (eta 0 adds exact zeros)
         eta_upd = tl.where(w * K + K - t0 <= n, eta_last, 0.0)
         if ON_CHIP:
-            Z1, X2, ZQ1 = _hidden_q(kd, qd, W1, b1, DOT_DTYPE, DOT_PREC)
+            X2, GP, ZQ1 = _hidden_q(kd, qd, W1, b1, DOT_DTYPE, DOT_PREC, FAST_TANH)
             Z2 = tl.dot(X2.to(DOT_DTYPE), W2.to(DOT_DTYPE), input_precision=DOT_PREC) + b2f[None, :]
             G2 = ln_l2_grad_rows(Z2, target, gamma, beta, cm, F) * lr[:, None]
-            xw, xx, W1, b1, W2 = _dual_hidden(kd, W1, b1, W2, Z1, X2, ZQ1, G2, A1, eta_upd, DOT_DTYPE, DOT_PREC)
+            xw, xx, W1, b1, W2 = _dual_hidden(kd, W1, b1, W2, X2, GP, ZQ1, G2, A1, eta_upd, DOT_DTYPE, DOT_PREC,
+                                              FAST_TANH)
         else:
             Z2 = tl.zeros((K, BF), dtype=tl.float32) + b2f[None, :]
             for c0 in range(0, FH, BH):
                 W1c, b1c, W2c = _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, c0, cols, cm, F, FH, BH)
-                Z1, X2 = _hidden(kd, W1c, b1c, DOT_DTYPE, DOT_PREC)
+                X2, _ = _hidden(kd, W1c, b1c, DOT_DTYPE, DOT_PREC, FAST_TANH)
                 Z2 += tl.dot(X2.to(DOT_DTYPE), W2c.to(DOT_DTYPE), input_precision=DOT_PREC)
             G2 = ln_l2_grad_rows(Z2, target, gamma, beta, cm, F) * lr[:, None]
             xw = tl.zeros((K, BF), dtype=tl.float32)
@@ -122,9 +125,9 @@ def ttt_mlp_prefill_kernel(
             for c0 in range(0, FH, BH):
                 W1c, b1c, W2c = _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, c0, cols, cm, F, FH, BH)
                 b1c = b1c.to(W1c.dtype)
-                Z1, X2, ZQ1 = _hidden_q(kd, qd, W1c, b1c, DOT_DTYPE, DOT_PREC)
-                xw_c, xx_c, W1c, b1c, W2c = _dual_hidden(kd, W1c, b1c, W2c, Z1, X2, ZQ1, G2, A1, eta_upd,
-                                                         DOT_DTYPE, DOT_PREC)
+                X2, GP, ZQ1 = _hidden_q(kd, qd, W1c, b1c, DOT_DTYPE, DOT_PREC, FAST_TANH)
+                xw_c, xx_c, W1c, b1c, W2c = _dual_hidden(kd, W1c, b1c, W2c, X2, GP, ZQ1, G2, A1, eta_upd,
+                                                         DOT_DTYPE, DOT_PREC, FAST_TANH)
                 xw += xw_c
                 xx += xx_c
                 _store_chunk(W1_ptr, b1_ptr, W2_ptr, W1c, b1c, W2c, bh, c0, cols, cm, F, FH, BH)
@@ -174,6 +177,6 @@ def ttt_mlp_prefill(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state:
         q, k, v, lr, pos, lengths, ln_weight, ln_bias, token_idx_bias, out,
         W1, b1, W2, b2, state.k_cache, state.v_cache, state.lr_cache, *prefill_strides(q, k, v), T,
         H=H, F=f, BF=triton.next_power_of_2(f), FH=FH, BH=BH, K=K, ON_CHIP=on_chip,
-        DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec, **opts,
+        DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec, FAST_TANH=fast_tanh(W1.dtype), **opts,
     )
     return out

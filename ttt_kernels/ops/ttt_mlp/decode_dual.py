@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import (dot_config, gelu_tanh, gelu_tanh_grad, layer_norm_rows,
+from ..triton_utils import (dot_config, fast_tanh, gelu_tanh, gelu_tanh_and_grad, layer_norm_rows,
                             ln_l2_grad_rows, load_minibatch_rows, load_token, store_cache_row, vec_mat)
 from ..ttt_state import TTTDualState, check_decode_args
 
@@ -38,15 +38,16 @@ def _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, c0, cols, cm, F: tl.constexpr, FH: t
 
 
 @triton.jit
-def _dual_chunk(W1_ptr, b1_ptr, W2_ptr, zq1, b1, W2, Z1, X2, G2, kr, attn1, eta, is_last, bh, c0, cols, cm,
+def _dual_chunk(W1_ptr, b1_ptr, W2_ptr, zq1, b1, W2, X2, GP, G2, kr, attn1, eta, is_last, bh, c0, cols, cm,
                 F: tl.constexpr, FH: tl.constexpr, BH: tl.constexpr, K: tl.constexpr,
-                DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr):
+                DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr, FAST_TANH: tl.constexpr):
     """One hidden chunk of the output path (and of the update at the mini-batch end);
-    ``zq1 = q W1 + b1`` of the chunk. Returns this chunk's share of ``x2_bar W2`` and of ``x2_bar . x2_j`` per row.
+    ``zq1 = q W1 + b1`` of the chunk, ``X2, GP`` its ``gelu(Z1), gelu'(Z1)``. Returns this
+    chunk's share of ``x2_bar W2`` and of ``x2_bar . x2_j`` per row.
     """
-    G1 = tl.dot(G2.to(DOT_DTYPE), tl.trans(W2.to(DOT_DTYPE)), input_precision=DOT_PREC) * gelu_tanh_grad(Z1)
+    G1 = tl.dot(G2.to(DOT_DTYPE), tl.trans(W2.to(DOT_DTYPE)), input_precision=DOT_PREC) * GP
     z1_bar = zq1 - eta * tl.sum(attn1[:, None] * G1, axis=0)
-    x2_bar = gelu_tanh(z1_bar)
+    x2_bar = gelu_tanh(z1_bar, FAST_TANH)
     xw = vec_mat(x2_bar, W2, K, DOT_DTYPE, DOT_PREC)
     xx = tl.sum(X2 * x2_bar[None, :], axis=1)
     if is_last:  # the weights are read again here (from L2) rather than kept live in registers
@@ -71,7 +72,7 @@ def ttt_mlp_decode_dual_kernel(
     q_ptr, k_ptr, v_ptr, lr_ptr, pos_ptr, ln_w_ptr, ln_b_ptr, tib_ptr, out_ptr,
     W1_ptr, b1_ptr, W2_ptr, b2_ptr, kc_ptr, vc_ptr, lrc_ptr,
     H: tl.constexpr, F: tl.constexpr, BF: tl.constexpr, FH: tl.constexpr, BH: tl.constexpr, K: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr, FAST_TANH: tl.constexpr,
 ):
     bh = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B*H*f*4f overflows int32
     cols = tl.arange(0, BF)
@@ -91,7 +92,7 @@ def ttt_mlp_decode_dual_kernel(
     Z2 = tl.zeros((K, BF), dtype=tl.float32) + b2[None, :]
     for c0 in range(0, FH, BH):
         W1, b1, W2 = _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, c0, cols, cm, F, FH, BH)
-        X2 = gelu_tanh(tl.dot(kd, W1.to(DOT_DTYPE), input_precision=DOT_PREC) + b1[None, :])
+        X2 = gelu_tanh(tl.dot(kd, W1.to(DOT_DTYPE), input_precision=DOT_PREC) + b1[None, :], FAST_TANH)
         Z2 += tl.dot(X2.to(DOT_DTYPE), W2.to(DOT_DTYPE), input_precision=DOT_PREC)
     G2 = ln_l2_grad_rows(Z2, vr - kr, gamma, beta, cm, F) * lrr[:, None]
     # pass 2, chunk by chunk: g1, the output path and (at the mini-batch end) the update
@@ -101,9 +102,9 @@ def ttt_mlp_decode_dual_kernel(
         W1, b1, W2 = _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, c0, cols, cm, F, FH, BH)
         zq1 = vec_mat(q, W1, K, DOT_DTYPE, DOT_PREC) + b1
         Z1 = tl.dot(kd, W1.to(DOT_DTYPE), input_precision=DOT_PREC) + b1[None, :]
-        X2 = gelu_tanh(Z1)
-        xw_c, xx_c = _dual_chunk(W1_ptr, b1_ptr, W2_ptr, zq1, b1, W2, Z1, X2, G2, kr, attn1, eta, is_last,
-                                 bh, c0, cols, cm, F, FH, BH, K, DOT_DTYPE, DOT_PREC)
+        X2, GP = gelu_tanh_and_grad(Z1, FAST_TANH)
+        xw_c, xx_c = _dual_chunk(W1_ptr, b1_ptr, W2_ptr, zq1, b1, W2, X2, GP, G2, kr, attn1, eta, is_last,
+                                 bh, c0, cols, cm, F, FH, BH, K, DOT_DTYPE, DOT_PREC, FAST_TANH)
         xw += xw_c
         xx += xx_c
 
@@ -132,15 +133,15 @@ def ttt_mlp_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, st
     # Measured on H100 at f=64, B=512 (benchmarks/results/dual_kernel_tuning.md): 64-wide
     # hidden chunks on 4 warps beat one register tile of the whole head (713 us vs 1015 us):
     # the small tiles let several programs share an SM, and the second pass re-reads the
-    # chunks from L2. Two pipeline stages overlap the next chunk's load; an fp32 state
-    # gets one, as two would not fit in shared memory.
+    # chunks from L2. Three pipeline stages overlap the next chunks' loads (with the fast
+    # tanh: 666 us, two 676 us); an fp32 state gets one, as more would not fit in shared memory.
     BH = min(64, triton.next_power_of_2(FH))
-    num_stages = 1 if W1.dtype == torch.float32 else 2
+    num_stages = 1 if W1.dtype == torch.float32 else 3
     dot_dtype, dot_prec = dot_config(W1.dtype)
     ttt_mlp_decode_dual_kernel[(B * H,)](
         q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, out,
         W1, b1, W2, b2, state.k_cache, state.v_cache, state.lr_cache,
-        H=H, F=f, BF=BF, FH=FH, BH=BH, K=K, DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec,
+        H=H, F=f, BF=BF, FH=FH, BH=BH, K=K, DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec, FAST_TANH=fast_tanh(W1.dtype),
         num_warps=4, num_stages=num_stages,
     )
     return out

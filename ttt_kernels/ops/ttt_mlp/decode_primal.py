@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import gelu_tanh, gelu_tanh_grad, layer_norm_rows, ln_l2_grad_rows, load_token
+from ..triton_utils import fast_tanh, gelu_tanh, gelu_tanh_and_grad, layer_norm_rows, ln_l2_grad_rows, load_token
 from ..ttt_state import TTTPrimalState, check_decode_args
 
 
@@ -37,6 +37,7 @@ def ttt_mlp_decode_primal_kernel(
     q_ptr, k_ptr, v_ptr, lr_ptr, pos_ptr, ln_w_ptr, ln_b_ptr, tib_ptr, out_ptr,
     W1_ptr, b1_ptr, W2_ptr, b2_ptr, W1g_ptr, b1g_ptr, W2g_ptr, b2g_ptr,
     H: tl.constexpr, F: tl.constexpr, BF: tl.constexpr, FH: tl.constexpr, BH: tl.constexpr, K: tl.constexpr,
+    FAST_TANH: tl.constexpr,
 ):
     bh = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B*H*f*4f overflows int32
     cols = tl.arange(0, BF)
@@ -63,7 +64,7 @@ def ttt_mlp_decode_primal_kernel(
         W1 = tl.load(W1_ptr + bh * F * FH + cols[:, None] * FH + hid[None, :], mask=w1_mask, other=0.0).to(tl.float32)
         b1 = tl.load(b1_ptr + bh * FH + hid, mask=hm, other=0.0).to(tl.float32)
         W2 = tl.load(W2_ptr + bh * FH * F + hid[:, None] * F + cols[None, :], mask=w2_mask, other=0.0).to(tl.float32)
-        x2 = gelu_tanh(tl.sum(k[:, None] * W1, axis=0) + b1)
+        x2 = gelu_tanh(tl.sum(k[:, None] * W1, axis=0) + b1, FAST_TANH)
         z2 += tl.sum(x2[:, None] * W2, axis=0)
     g2 = tl.sum(ln_l2_grad_rows(z2[None, :], (v - k)[None, :], gamma, beta, cm, F), axis=0) * lr
 
@@ -80,8 +81,8 @@ def ttt_mlp_decode_primal_kernel(
         b1 = tl.load(b1_ptr + bh * FH + hid, mask=hm, other=0.0).to(tl.float32)
         W2 = tl.load(W2_ptr + w2_off, mask=w2_mask, other=0.0).to(tl.float32)
         z1 = tl.sum(k[:, None] * W1, axis=0) + b1
-        x2 = gelu_tanh(z1)
-        g1 = tl.sum(W2 * g2[None, :], axis=1) * gelu_tanh_grad(z1)
+        x2, gp = gelu_tanh_and_grad(z1, FAST_TANH)
+        g1 = tl.sum(W2 * g2[None, :], axis=1) * gp
 
         # each matrix is stored as soon as it is final: at most three weight tiles live at once
         # (stores deferred to the chunk's end keep five and spill)
@@ -97,7 +98,7 @@ def ttt_mlp_decode_primal_kernel(
         else:
             tl.store(W1g_ptr + w1_off, W1g.to(W1g_ptr.dtype.element_ty), mask=w1_mask)
             tl.store(b1g_ptr + bh * FH + hid, b1g.to(b1g_ptr.dtype.element_ty), mask=hm)
-        x2_bar = gelu_tanh(tl.sum(q[:, None] * W1_bar, axis=0) + b1_bar)
+        x2_bar = gelu_tanh(tl.sum(q[:, None] * W1_bar, axis=0) + b1_bar, FAST_TANH)
 
         W2g = tl.load(W2g_ptr + w2_off, mask=tl.where(has_grad, w2_mask, False), other=0.0).to(tl.float32)
         W2g += x2[:, None] * g2[None, :]
@@ -142,6 +143,7 @@ def ttt_mlp_decode_primal(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, 
     ttt_mlp_decode_primal_kernel[(B * H,)](
         q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, out,
         *state.weights, *state.grads,
-        H=H, F=f, BF=triton.next_power_of_2(f), FH=4 * f, K=K, **_launch_config(f),
+        H=H, F=f, BF=triton.next_power_of_2(f), FH=4 * f, K=K, FAST_TANH=fast_tanh(state.weights[0].dtype),
+        **_launch_config(f),
     )
     return out
