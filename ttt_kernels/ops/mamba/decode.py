@@ -49,10 +49,12 @@ from ..ttt_state import STATE_DTYPES, _check_tensor, check_out
 from .naive import split_x_db
 
 ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# (rows, channels, warps) of a state tile: 16 rows is the least tl.dot takes; at 32 channels a
-# tile is 16*32*16 fp32 = 32 KB, so each thread streams 64 values (16-byte loads) and a few
-# tiles per SM keep enough bytes in flight. benchmarks/mamba_step_benchmark.py --sweep re-tunes it.
-SSM_CONFIG = (16, 32, 4)
+# (rows, channels, warps) of a state tile: 16 rows is the least tl.dot takes; 16 channels on 2
+# warps (a 16 KB fp32 tile, 64 values per thread in 16-byte loads) measured 111.3 us at B=512 on
+# the H100 against 116.7 for 32 channels on 4 warps and 112.2 for 32 x 16 on 4 (CUDA-graph
+# replays; .cs / evict_first cache hints on the state cost 3-5 us). mamba_step_benchmark.py
+# --sweep re-tunes it.
+SSM_CONFIG = (16, 16, 2)
 CONV_BLOCK_D = 512
 
 

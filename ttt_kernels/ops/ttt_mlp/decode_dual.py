@@ -133,15 +133,19 @@ def ttt_mlp_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, st
     # Measured on H100 at f=64, B=512 (benchmarks/results/dual_kernel_tuning.md): 64-wide
     # hidden chunks on 4 warps beat one register tile of the whole head (713 us vs 1015 us):
     # the small tiles let several programs share an SM, and the second pass re-reads the
-    # chunks from L2. Three pipeline stages overlap the next chunks' loads (with the fast
-    # tanh: 666 us, two 676 us); an fp32 state gets one, as more would not fit in shared memory.
+    # chunks from L2. With the fast tanh: three pipeline stages overlap the next chunks' loads
+    # (666 us, two 676 us) and a 128-register cap fits a fourth program per SM (644 us; the
+    # kernel is latency-bound at 3). An fp32 state gets one stage: more would not fit in
+    # shared memory. f = 128 keeps the compiler's register count (not measured capped).
     BH = min(64, triton.next_power_of_2(FH))
-    num_stages = 1 if W1.dtype == torch.float32 else 3
+    opts = {"num_stages": 1} if W1.dtype == torch.float32 else {"num_stages": 3}
+    if W1.dtype != torch.float32 and BF <= 64:
+        opts["maxnreg"] = 128
     dot_dtype, dot_prec = dot_config(W1.dtype)
     ttt_mlp_decode_dual_kernel[(B * H,)](
         q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, out,
         W1, b1, W2, b2, state.k_cache, state.v_cache, state.lr_cache,
         H=H, F=f, BF=BF, FH=FH, BH=BH, K=K, DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec, FAST_TANH=fast_tanh(W1.dtype),
-        num_warps=4, num_stages=num_stages,
+        num_warps=4, **opts,
     )
     return out
