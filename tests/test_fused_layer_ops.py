@@ -1,4 +1,4 @@
-"""The fused norms and the TTT layer's fused q/k conv + rotary step against their float64
+"""The fused norms and gates and the TTT layer's fused q/k conv + rotary step against their float64
 PyTorch references (Triton's interpreter on the CPU)."""
 
 import os
@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ttt_kernels.ops.conv_rotary import apply_rotary_ref, qk_conv_rotary_step, qk_conv_rotary_step_ref
-from ttt_kernels.ops.norm import add_rms_norm, add_rms_norm_ref, gated_layer_norm, gated_layer_norm_ref
+from ttt_kernels.ops.norm import (add_rms_norm, add_rms_norm_ref, gated_layer_norm, gated_layer_norm_ref, silu_mul,
+                                  silu_mul_ref)
 
 ACT = [torch.float32, torch.float16, torch.bfloat16]
 # Triton's interpreter (3.9) truncates fp32 -> bf16 where the GPU rounds to nearest; the q/k step
@@ -55,6 +56,18 @@ def test_gated_layer_norm(dtype, device, poison_alloc):
     assert_close(y, ref, TOL[dtype], "gated layer norm")
 
 
+@pytest.mark.parametrize("dtype", ACT)
+def test_silu_mul(dtype, device, poison_alloc):
+    n = 96
+    gate_up = randn(5, 3, 2 * n, dtype=dtype, device=device, seed=0) * 3
+    wide = randn(5, 3, 2 * n + 8, dtype=dtype, device=device, seed=1)
+    wide[..., :2 * n] = gate_up  # row-strided input too
+    for x in (gate_up, wide[..., :2 * n]):
+        y = silu_mul(x)
+        assert y.shape == (5, 3, n) and y.dtype == dtype
+        assert_close(y, silu_mul_ref(x.double()), TOL[dtype], "silu(gate) * up")
+
+
 def test_norm_errors(device):
     x = torch.zeros(2, 8, device=device)
     with pytest.raises(ValueError, match="weight"):
@@ -65,6 +78,8 @@ def test_norm_errors(device):
         add_rms_norm(x.long(), None, torch.ones(8, device=device), 1e-6)
     with pytest.raises(ValueError, match="gate"):
         gated_layer_norm(x, x[:1], torch.ones(8, device=device), torch.zeros(8, device=device), 1e-6)
+    with pytest.raises(ValueError, match="even"):
+        silu_mul(torch.zeros(2, 7, device=device))
 
 
 def rotary_tables(f, period, device):

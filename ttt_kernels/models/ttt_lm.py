@@ -67,7 +67,7 @@ class TTTBlock(nn.Module):
         h, residual = self.seq_norm(h, residual, prenorm=True, fused=fused)
         h = self.mixer.step(h, cache.mixer)
         h, residual = self.ffn_norm(h, residual, prenorm=True, fused=fused)
-        return self.mlp(h), residual
+        return self.mlp(h, fused=fused), residual
 
     def prefill(self, hidden, residual, cache: TTTBlockCache, lengths: torch.Tensor):
         fused = self.fused
@@ -76,7 +76,7 @@ class TTTBlock(nn.Module):
         h, residual = self.seq_norm(h, residual, prenorm=True, fused=fused)
         h = self.mixer.prefill(h, cache.mixer, lengths)
         h, residual = self.ffn_norm(h, residual, prenorm=True, fused=fused)
-        return self.mlp(h), residual
+        return self.mlp(h, fused=fused), residual
 
 
 class TTTLM(RecurrentLM):

@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops.norm import silu_mul, silu_mul_ref
+
 
 class SwiGLU(nn.Module):
     def __init__(self, dim: int, hidden: int, device=None, dtype=None):
@@ -18,6 +20,12 @@ class SwiGLU(nn.Module):
         self.gate_up_proj = nn.Linear(dim, 2 * hidden, bias=False, device=device, dtype=dtype)
         self.down_proj = nn.Linear(hidden, dim, bias=False, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = F.linear(x, self.gate_up_proj.weight).split(self.hidden, dim=-1)
-        return F.linear(F.silu(gate) * up, self.down_proj.weight)
+    def forward(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        """``fused``: the gate in one Triton launch instead of PyTorch's two kernels (under
+        ``torch.compile`` the PyTorch form is kept: inductor fuses it itself)."""
+        gate_up = F.linear(x, self.gate_up_proj.weight)
+        if fused and not torch.compiler.is_compiling():
+            h = silu_mul(gate_up)
+        else:
+            h = silu_mul_ref(gate_up)
+        return F.linear(h, self.down_proj.weight)

@@ -1,9 +1,10 @@
-"""Fused norms for the decode step (one launch each, any leading shape).
+"""Fused norms and gates for the decode step (one launch each, any leading shape).
 
 At decode the norms run on ``[B, D]`` rows of a few MB: launch-bound, not byte-bound.
 Unfused, the residual add, the fp32 casts, the RMS reduction and the weight multiply
 are five to seven kernels per norm; the TTT output gate (LayerNorm, tanh-gelu of the
-gate, product, cast) about a dozen. One program per row does each in one pass.
+gate, product, cast) about a dozen; the SwiGLU gate two. One program per row does each
+in one pass.
 """
 
 from __future__ import annotations
@@ -48,6 +49,16 @@ def _gated_layer_norm_kernel(z_ptr, stride_z, g_ptr, stride_g, w_ptr, b_ptr, y_p
     g = tl.load(g_ptr + row * stride_g + cols, mask=m, other=0.0).to(tl.float32)
     y = gelu_tanh(g, False) * (zc * rstd * w + b)  # exact tanh: one row of gates, not worth the error
     tl.store(y_ptr + row * dim + cols, y.to(y_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _silu_mul_kernel(x_ptr, stride_x, y_ptr, dim, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    m = cols < dim
+    g = tl.load(x_ptr + row * stride_x + cols, mask=m, other=0.0).to(tl.float32)
+    u = tl.load(x_ptr + row * stride_x + dim + cols, mask=m, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * dim + cols, (g * tl.sigmoid(g) * u).to(y_ptr.dtype.element_ty), mask=m)
 
 
 def _rows(name: str, t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -111,4 +122,21 @@ def gated_layer_norm(z, gate, weight, bias, eps):
     if z2.shape[0]:
         _gated_layer_norm_kernel[(z2.shape[0],)](z2, z2.stride(0), g2, g2.stride(0), weight, bias, y, dim, eps,
                                                  BLOCK=triton.next_power_of_2(dim), num_warps=_warps(dim))
+    return y
+
+
+def silu_mul(gate_up):
+    """``silu(gate) * up`` in ``gate_up``'s dtype, one launch, fp32 inside: the SwiGLU gate,
+    ``gate_up [..., 2 n]`` holding ``gate`` then ``up`` (one GEMM's output)."""
+    two_n = gate_up.shape[-1] if isinstance(gate_up, torch.Tensor) else 0
+    if two_n % 2:
+        raise ValueError(f"gate_up must have an even last dim (gate then up), got {two_n}")
+    if two_n // 2 > _MAX_DIM:
+        raise ValueError(f"gate_up: n = {two_n // 2} exceeds {_MAX_DIM}")
+    x2 = _rows("gate_up", gate_up, two_n)
+    dim = two_n // 2
+    y = torch.empty((*gate_up.shape[:-1], dim), dtype=gate_up.dtype, device=gate_up.device)
+    if x2.shape[0]:
+        _silu_mul_kernel[(x2.shape[0],)](x2, x2.stride(0), y, dim, BLOCK=triton.next_power_of_2(dim),
+                                         num_warps=_warps(dim))
     return y

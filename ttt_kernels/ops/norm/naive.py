@@ -1,4 +1,4 @@
-"""PyTorch references of the fused norms (any leading shape; float64-capable)."""
+"""PyTorch references of the fused norms and gates (any leading shape; float64-capable)."""
 
 from __future__ import annotations
 
@@ -23,3 +23,11 @@ def gated_layer_norm_ref(z, gate, weight, bias, eps):
     acc = torch.float64 if z.dtype == torch.float64 else torch.float32
     normed = F.layer_norm(z.to(acc), z.shape[-1:], weight.to(acc), bias.to(acc), eps)
     return (gelu_tanh(gate.to(acc)) * normed).to(z.dtype)
+
+
+def silu_mul_ref(gate_up):
+    """``silu(gate) * up`` for ``gate_up = [gate, up]`` along the last dim, computed in fp32
+    (float64 for float64 input), returned in ``gate_up``'s dtype: the SwiGLU gate."""
+    acc = torch.float64 if gate_up.dtype == torch.float64 else torch.float32
+    gate, up = gate_up.to(acc).chunk(2, dim=-1)
+    return (F.silu(gate) * up).to(gate_up.dtype)
