@@ -47,7 +47,7 @@ DEVICE = "cuda"
 LINES = ["mlp_1", "mlp_2", "ref_mlp_1", "ref_mlp_2", "fla"]
 # candidate launch configs of our kernels for --sweep (None: the launcher's default)
 SWEEP = {
-    "mlp_1": [None, {"num_warps": 4, "num_stages": 1}, {"num_warps": 4, "num_stages": 1, "maxnreg": 168},
+    "mlp_1": [None, {"num_warps": 4, "num_stages": 1, "maxnreg": 168},
               {"num_warps": 4, "num_stages": 1, "maxnreg": 128}, {"num_warps": 8, "num_stages": 1},
               {"num_warps": 8, "num_stages": 1, "maxnreg": 128}, {"num_warps": 4, "num_stages": 2, "maxnreg": 128}],
     "mlp_2": [None, {"num_warps": 16, "num_stages": 1},

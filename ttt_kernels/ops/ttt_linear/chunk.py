@@ -77,13 +77,12 @@ def ttt_linear_prefill_kernel(
 
 
 def _launch_config(f: int, state_dtype: torch.dtype) -> dict:
-    # Each program walks its whole prompt, so the grid (B*H programs) should be resident in
-    # one wave: at f = 64 with a 16-bit state, 4 warps capped at 128 registers fit 4 programs
-    # per SM (528 on an H100, B*H = 512 at B=16); ptxas spills ~280 B per thread for it (L1).
-    # Larger heads and fp32 states get 8 warps. benchmarks/prefill_benchmark.py --sweep
-    # times the alternatives.
+    # f = 64 with a 16-bit state: 4 warps at the compiler's register count (B=16, T=4096 on the
+    # H100: 1.12 ms; capped at 128 registers, to fit the B*H = 512 programs in one wave, it
+    # spills and takes 1.40 ms). Larger heads and fp32 states get 8 warps.
+    # benchmarks/prefill_benchmark.py --sweep times the alternatives.
     if f <= 64 and state_dtype.itemsize == 2:
-        return {"num_warps": 4, "num_stages": 1, "maxnreg": 128}
+        return {"num_warps": 4, "num_stages": 1}
     return {"num_warps": 8, "num_stages": 1}
 
 
