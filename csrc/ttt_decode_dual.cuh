@@ -395,6 +395,35 @@ __device__ __forceinline__ void q_frag(uint32_t (&b)[Dot<TS>::N][2], const float
   }
 }
 
+// One pass over a weight tile in shared memory, both kernels' first product: Z += K W for the 16
+// mini-batch rows (K's fp16/bf16 copy at sKd), attn += K q and zq^T += W^T q with q as an n8
+// column, over KS k-steps of 16 rows and NP pairs of 8-column tiles from column tile c8 (this
+// warp's). Each W fragment is also the A operand of the transposed product, so q costs one mma
+// per fragment instead of two.
+template <class TS, int KS, int NP, int KD_PART, int KD_ROW, int W_PART, int W_ROW>
+__device__ __forceinline__ void kw_pass(float (&z)[2 * NP][4], float (&at)[4], float (&zq)[NP][4], uint32_t sKd,
+                                        uint32_t sW, int c8, const float* qv, int lane) {
+  constexpr int N = Dot<TS>::N;
+  const int g = lane >> 2, c = lane & 3;
+#pragma unroll
+  for (int ks = 0; ks < KS; ++ks) {
+    uint32_t ka[N][4], bq[N][2];
+    ldsm4<N, KD_PART>(ka, sKd + swz<KD_ROW>(lane & 15, 2 * ks + (lane >> 4)));
+    q_frag<TS>(bq, qv, ks, g, c);
+    mma<TS>(at, ka, bq);
+#pragma unroll
+    for (int np = 0; np < NP; ++np) {
+      uint32_t r[N][4], b0[N][2], b1[N][2], wt[N][4];
+      ldsm4_t<N, W_PART>(r, sW + swz<W_ROW>(16 * ks + (lane & 7) + ((lane >> 3) & 1) * 8, c8 + 2 * np + (lane >> 4)));
+      b_halves(r, b0, b1);
+      a_transposed(r, wt);
+      mma<TS>(z[2 * np], ka, b0);
+      mma<TS>(z[2 * np + 1], ka, b1);
+      mma<TS>(zq[np], wt, bq);
+    }
+  }
+}
+
 // d/dz of 0.5 * ||LN(z) - (v - k)||^2 for the 16 rows of z (C layout, NT n-tiles = F
 // columns), scaled by each row's lr; in place. k, v: the raw row tiles (act dtype).
 template <int F, class TA>

@@ -69,24 +69,8 @@ __global__ void __launch_bounds__(LinearCfg<F, TA, TS>::WARPS * 32)
 
   // Z = K W, attn = K q, zq^T = W^T q, in one pass over W
   const uint32_t sW = smem_u32(ws), sKd = smem_u32(skd);
-  float z[NT][4] = {}, at[4] = {}, zq[KS][4] = {};
-#pragma unroll
-  for (int ks = 0; ks < KS; ++ks) {
-    uint32_t ka[N][4], bq[N][2];
-    ldsm4<N, Cfg::KD_PART>(ka, sKd + swz<Cfg::KD_ROW>(lane & 15, 2 * ks + (lane >> 4)));
-    q_frag<TS>(bq, qv, ks, g, c);
-    mma<TS>(at, ka, bq);
-#pragma unroll
-    for (int np = 0; np < NT / 2; ++np) {
-      uint32_t r[N][4], b0[N][2], b1[N][2], wt[N][4];
-      ldsm4_t<N, Cfg::W_PART>(r, sW + swz<Cfg::W_ROW>(16 * ks + (lane & 7) + ((lane >> 3) & 1) * 8, 2 * np + (lane >> 4)));
-      b_halves(r, b0, b1);
-      a_transposed(r, wt);
-      mma<TS>(z[2 * np], ka, b0);
-      mma<TS>(z[2 * np + 1], ka, b1);
-      mma<TS>(zq[np], wt, bq);
-    }
-  }
+  float z[NT][4] = {}, at[4] = {}, zq[KS][4] = {};  // W is square: NT / 2 column-tile pairs = KS
+  kw_pass<TS, KS, KS, Cfg::KD_PART, Cfg::KD_ROW, Cfg::W_PART, Cfg::W_ROW>(z, at, zq, sKd, sW, 0, qv, lane);
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     const float2 bb = *reinterpret_cast<const float2*>(bias + 8 * nt + 2 * c);

@@ -98,24 +98,7 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
   // ---- Z1 = K W1 (this warp's hidden slice), attn1 = K q, zq1^T = W1^T q
   const uint32_t sW1 = smem_u32(smem), sW2 = smem_u32(smem + Cfg::OFF_W2), sKd = smem_u32(skd);
   float gp[HT][4] = {}, at[4] = {}, zq[HS][4] = {};
-#pragma unroll
-  for (int ks = 0; ks < KS; ++ks) {
-    uint32_t ka[N][4], bq[N][2];
-    ldsm4<N, Cfg::KD_PART>(ka, sKd + swz<Cfg::KD_ROW>(lane & 15, 2 * ks + (lane >> 4)));
-    q_frag<TS>(bq, qv, ks, g, c);
-    mma<TS>(at, ka, bq);
-#pragma unroll
-    for (int np = 0; np < HS; ++np) {
-      uint32_t r[N][4], b0[N][2], b1f[N][2], wt[N][4];
-      ldsm4_t<N, Cfg::W1_PART>(
-          r, sW1 + swz<Cfg::W1_ROW>(16 * ks + (lane & 7) + ((lane >> 3) & 1) * 8, hw0 / 8 + 2 * np + (lane >> 4)));
-      b_halves(r, b0, b1f);
-      a_transposed(r, wt);
-      mma<TS>(gp[2 * np], ka, b0);
-      mma<TS>(gp[2 * np + 1], ka, b1f);
-      mma<TS>(zq[np], wt, bq);
-    }
-  }
+  kw_pass<TS, KS, HS, Cfg::KD_PART, Cfg::KD_ROW, Cfg::W1_PART, Cfg::W1_ROW>(gp, at, zq, sKd, sW1, hw0 / 8, qv, lane);
   // X2 = gelu(Z1 + b1) as the A fragments of the products over the hidden dim; keep gelu'(Z1)
   uint32_t xa[HS][N][4];
 #pragma unroll
