@@ -424,6 +424,22 @@ __device__ __forceinline__ void kw_pass(float (&z)[2 * NP][4], float (&at)[4], f
   }
 }
 
+// acc += A W[row0 : row0 + 16, :] for one k-step: A a 16x16 A fragment, W a tile in shared
+// memory whose NP pairs of 8-column tiles are all taken (TTT-MLP's products with W2).
+template <class TS, int NP, int W_PART, int W_ROW>
+__device__ __forceinline__ void mma_w_rows(float (&acc)[2 * NP][4], const uint32_t (&a)[Dot<TS>::N][4], uint32_t sW,
+                                           int row0, int lane) {
+  constexpr int N = Dot<TS>::N;
+#pragma unroll
+  for (int np = 0; np < NP; ++np) {
+    uint32_t r[N][4], b0[N][2], b1[N][2];
+    ldsm4_t<N, W_PART>(r, sW + swz<W_ROW>(row0 + (lane & 7) + ((lane >> 3) & 1) * 8, 2 * np + (lane >> 4)));
+    b_halves(r, b0, b1);
+    mma<TS>(acc[2 * np], a, b0);
+    mma<TS>(acc[2 * np + 1], a, b1);
+  }
+}
+
 // d/dz of 0.5 * ||LN(z) - (v - k)||^2 for the 16 rows of z (C layout, NT n-tiles = F
 // columns), scaled by each row's lr; in place. k, v: the raw row tiles (act dtype).
 template <int F, class TA>

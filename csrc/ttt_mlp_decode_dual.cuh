@@ -134,16 +134,7 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
   // ---- Z2 = X2 W2 + b2: this warp's partial over its hidden slice, then summed
   float z2[NT][4] = {};
 #pragma unroll
-  for (int s = 0; s < HS; ++s)
-#pragma unroll
-    for (int np = 0; np < NT / 2; ++np) {
-      uint32_t r[N][4], b0[N][2], b1f[N][2];
-      ldsm4_t<N, Cfg::W2_PART>(
-          r, sW2 + swz<Cfg::W2_ROW>(hw0 + 16 * s + (lane & 7) + ((lane >> 3) & 1) * 8, 2 * np + (lane >> 4)));
-      b_halves(r, b0, b1f);
-      mma<TS>(z2[2 * np], xa[s], b0);
-      mma<TS>(z2[2 * np + 1], xa[s], b1f);
-    }
+  for (int s = 0; s < HS; ++s) mma_w_rows<TS, NT / 2, Cfg::W2_PART, Cfg::W2_ROW>(z2, xa[s], sW2, hw0 + 16 * s, lane);
   float4* red = reinterpret_cast<float4*>(smem);  // [warp][NT][lane]: fragment order, conflict-free
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) red[(warp * NT + nt) * 32 + lane] = make_float4(z2[nt][0], z2[nt][1], z2[nt][2], z2[nt][3]);
@@ -236,15 +227,7 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
       xx0 += x0.x * xb[2 * s + half][0] + x0.y * xb[2 * s + half][1];
       xx1 += x1.x * xb[2 * s + half][0] + x1.y * xb[2 * s + half][1];
     }
-#pragma unroll
-    for (int np = 0; np < NT / 2; ++np) {
-      uint32_t r[N][4], b0[N][2], b1f[N][2];
-      ldsm4_t<N, Cfg::W2_PART>(
-          r, sW2 + swz<Cfg::W2_ROW>(hw0 + 16 * s + (lane & 7) + ((lane >> 3) & 1) * 8, 2 * np + (lane >> 4)));
-      b_halves(r, b0, b1f);
-      mma<TS>(xw[2 * np], xba, b0);
-      mma<TS>(xw[2 * np + 1], xba, b1f);
-    }
+    mma_w_rows<TS, NT / 2, Cfg::W2_PART, Cfg::W2_ROW>(xw, xba, sW2, hw0 + 16 * s, lane);
   }
   xx0 = quad_sum(xx0);
   xx1 = quad_sum(xx1);
