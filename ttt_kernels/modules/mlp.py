@@ -16,7 +16,6 @@ from ..ops.norm import silu_mul, silu_mul_ref
 class SwiGLU(nn.Module):
     def __init__(self, dim: int, hidden: int, device=None, dtype=None):
         super().__init__()
-        self.hidden = hidden
         self.gate_up_proj = nn.Linear(dim, 2 * hidden, bias=False, device=device, dtype=dtype)
         self.down_proj = nn.Linear(hidden, dim, bias=False, device=device, dtype=dtype)
 

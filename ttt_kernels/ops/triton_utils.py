@@ -64,12 +64,6 @@ def gelu_tanh(x, FAST: tl.constexpr):
 
 
 @triton.jit
-def gelu_tanh_grad(x, FAST: tl.constexpr):
-    _, dy = gelu_tanh_and_grad(x, FAST)
-    return dy
-
-
-@triton.jit
 def vec_mat(x, W, M: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr):
     """``x @ W`` for one row vector, on the tensor cores: ``x`` goes into row 0 of an
     ``M``-row tile (``tl.dot`` needs M >= 16). Broadcast-and-reduce on the CUDA cores
