@@ -11,7 +11,8 @@ window, all at the window's start weights:
     W1 -= eta_{K-1} Kx^T G1,  W2 -= eta_{K-1} X2^T G2  (and the biases), rounded to the state dtype.
 
 Where the weights fit (f <= 64 with a 16-bit state: W1 and W2 are 64 KB per head) they
-stay on-chip from the first window to the last, the hidden dim in one tile. Larger heads
+stay on-chip from the first window to the last, the hidden dim in one tile, packed two
+16-bit values per register between windows. Larger heads
 and fp32 states keep them in the state tensors and walk the hidden dim in chunks twice per
 window, like the decode kernel: the first pass needs every chunk for ``Z2`` (so ``G2``), the second forms ``G1``,
 the outputs and the update chunk by chunk, writing each chunk's new weights in place.
