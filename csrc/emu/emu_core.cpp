@@ -21,6 +21,7 @@ void launch_clusters(void (*kernel)(TTTDecodeParams), const TTTDecodeParams& p, 
   if (block % 32) { last_error = "block not whole warps"; return; }
   g_kernel = kernel;
   g_params = &p;
+  ::gridDim = Dim3{grid, 1, 1};
   const int wpc = block / 32;
   for (unsigned c0 = 0; c0 < grid; c0 += cluster) {
     Run r;

@@ -56,6 +56,7 @@ void launch_clusters(void (*kernel)(TTTDecodeParams), const TTTDecodeParams& p, 
 
 #define threadIdx (ttt_emu::cur->tid)
 #define blockIdx (ttt_emu::cur->bid)
+inline ttt_emu::Dim3 gridDim;  // a variable, not a macro: launch configs have a gridDim member
 #define __global__
 #define __device__
 #define __forceinline__ inline
@@ -74,6 +75,12 @@ inline float __shfl_sync(unsigned, float v, int src) {
 inline float __shfl_xor_sync(unsigned m, float v, int x) { return __shfl_sync(m, v, ttt_emu::cur->lane ^ x); }
 
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
+// a small GPU: 2 SMs of one CTA each, so persistent grids walk several heads per CTA
+inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int) { *v = 2; return cudaSuccess; }
+template <class K> cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, K, int, size_t) {
+  *n = 1;
+  return cudaSuccess;
+}
 inline const char* cudaGetErrorString(cudaError_t) { return ttt_emu::last_error ? ttt_emu::last_error : "emu error"; }
 inline cudaError_t cudaGetLastError() { return ttt_emu::last_error ? cudaErrorInvalidValue : cudaSuccess; }  // sticky
 template <class K> cudaError_t cudaFuncSetAttribute(K, cudaFuncAttribute, int bytes) {
