@@ -541,6 +541,24 @@ cudaError_t allow_smem(int bytes) {
   return err;
 }
 
+// How many CTAs of KERNEL (`threads` threads, `smem` bytes of shared memory) the device holds at
+// once, for persistent grids; queried once per device, so launches stay free of the queries.
+template <auto KERNEL>
+cudaError_t resident_ctas(int threads, int smem, int64_t* n) {
+  static std::atomic<int64_t> known[64];  // per device; 0: not queried yet
+  int dev = 0, sms = 0, per_sm = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return err;
+  std::atomic<int64_t>& k = known[dev & 63];
+  if ((*n = k.load(std::memory_order_relaxed)) > 0) return cudaSuccess;
+  err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, KERNEL, threads, smem);
+  if (err != cudaSuccess) return err;
+  *n = static_cast<int64_t>(sms) * (per_sm > 0 ? per_sm : 1);
+  k.store(*n, std::memory_order_relaxed);
+  return cudaSuccess;
+}
+
 // dtype dispatch helpers for the launchers
 template <class F>
 const char* dispatch_dtype(int code, F&& f) {

@@ -377,12 +377,10 @@ const char* launch_mlp(const TTTDecodeParams& p, cudaStream_t stream) {
   if (err != cudaSuccess) return cudaGetErrorString(err);
   int64_t blocks = static_cast<int64_t>(p.B) * p.H * Cfg::CS;
   if constexpr (Cfg::PERSIST) {  // as many CTAs as fit on the GPU at once
-    int dev = 0, sms = 0, per_sm = 0;
-    err = cudaGetDevice(&dev);
-    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128, Cfg::SMEM);
+    int64_t resident = 0;
+    err = resident_ctas<kernel>(128, Cfg::SMEM, &resident);
     if (err != cudaSuccess) return cudaGetErrorString(err);
-    blocks = std::min<int64_t>(blocks, static_cast<int64_t>(sms) * std::max(per_sm, 1));
+    blocks = std::min(blocks, resident);
   }
   if (blocks > 0x7fffffff) return "too many (sequence, head) pairs for one launch";
   cudaLaunchConfig_t cfg = {};
