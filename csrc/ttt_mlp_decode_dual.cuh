@@ -73,13 +73,13 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
   // with PERSIST, W1 of the CTA's first head; each later head's W1 is loaded during the previous
   // head, in two halves: rows F/2.. once the warps are done reading W1's tile, rows ..F/2 once
   // the partial sums that reuse them are read. Either way W1 completes with the rows' group.
-  if constexpr (Cfg::PERSIST) load_weight_tile<TS, F, FHC>(smem, static_cast<TS*>(P.w[0]) + bh * F * FH, FH, tid, 128);
+  const auto w1_of = [&](int64_t head) { return static_cast<TS*>(P.w[0]) + head * F * FH; };
+  if constexpr (Cfg::PERSIST) load_weight_tile<TS, F, FHC>(smem, w1_of(bh), FH, tid, 128);
   do {  // the grid never exceeds the heads: every CTA has one (and without PERSIST, only one)
     const auto prefetch_w1_rows = [&](int r0) {  // rows [r0, r0 + F/2) of the next head's W1, as one group
       if constexpr (Cfg::PERSIST) {
         if (bh + step < BH)
-          load_weight_tile<TS, F / 2, FHC>(smem + r0 * Cfg::W1_ROW, static_cast<TS*>(P.w[0]) + (bh + step) * F * FH + r0 * FH,
-                                           FH, tid, 128);
+          load_weight_tile<TS, F / 2, FHC>(smem + r0 * Cfg::W1_ROW, w1_of(bh + step) + r0 * FH, FH, tid, 128);
         cp_async_commit();
       }
     };
@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
     float* vec = reinterpret_cast<float*>(smem + Cfg::OFF_VEC);
     float *gamma = vec, *beta = vec + F, *b2s = vec + 2 * F, *qv = vec + 3 * F;
     float *b1s = vec + 4 * F, *zqs = b1s + FHC, *red2 = zqs + FHC;
-    TS* W1 = static_cast<TS*>(P.w[0]) + bh * F * FH;
+    TS* W1 = w1_of(bh);
     TS* b1 = static_cast<TS*>(P.w[1]) + bh * FH;
     TS* W2 = static_cast<TS*>(P.w[2]) + bh * FH * F;
     TS* b2 = static_cast<TS*>(P.w[3]) + bh * F;
