@@ -15,6 +15,7 @@ bytes at the device-to-device copy bandwidth measured at start-up.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 
@@ -131,15 +132,15 @@ def mamba_ssm_lines(c, B, d, N, R, K, act, state, must, ssm_rw, vec, xdb):
 
 
 def sweep(c, B, d, N, R, K, act, state):
-    """Eager time of the SSM kernel per tile config (rows, channels, warps); best first."""
+    """Eager time of the SSM kernel per tile config (rows, channels, warps, register cap); best first."""
     from ttt_kernels.ops.mamba import selective_state_update
     res = []
     for BB in (16, 32):
         for BD in (16, 32, 64, 128):
             if BB * BD * N > 16384:  # larger tiles spill registers
                 continue
-            for warps in (2, 4, 8):
-                cfg = (BB, BD, warps)
+            for warps, cap in itertools.product((2, 4, 8), (0, 128)):
+                cfg = (BB, BD, warps, cap)
                 fn = lambda: selective_state_update(  # noqa: E731
                     c["ssm_state"], c["xc"], c["dt_low"], c["A"], c["B"], c["C"], c["D"], c["z"], c["dt_proj_bias"],
                     dt_proj_weight=c["dt_proj_weight"], out=c["y"], ssm_config=cfg)
@@ -156,8 +157,8 @@ def main(argv=None):
     p.add_argument("--d-conv", type=int, default=4)
     p.add_argument("--dtype", choices=DTYPES, default="fp16")
     p.add_argument("--state-dtype", choices=DTYPES, default="fp32")
-    p.add_argument("--ssm-config", type=int, nargs=3, metavar=("ROWS", "CHANNELS", "WARPS"), default=None,
-                   help="SSM kernel tile (default: ttt_kernels.ops.mamba.decode.SSM_CONFIG)")
+    p.add_argument("--ssm-config", type=int, nargs=4, metavar=("ROWS", "CHANNELS", "WARPS", "MAXNREG"), default=None,
+                   help="SSM kernel tile and register cap, 0 for none (default: ttt_kernels.ops.mamba.decode.SSM_CONFIG)")
     p.add_argument("--sweep", action="store_true", help="also time the SSM kernel over tile configs")
     p.add_argument("--json", metavar="PATH", help="write the results with ttt_kernels.utils.benchmarking.write_results")
     args = p.parse_args(argv)
@@ -194,7 +195,7 @@ def main(argv=None):
                   f"{row['GBps']:>6.0f} | {row['floor_us']:>8.1f}")
         if args.sweep:
             best = sweep(c, B, d, N, R, K, act, state)
-            print(f"{B:>5} | ssm tile sweep (rows, channels, warps), eager µs: "
+            print(f"{B:>5} | ssm tile sweep (rows, channels, warps, register cap), eager µs: "
                   + ", ".join(f"{cfg}: {us:.1f}" for us, cfg in best[:6]))
             rows.append(dict(B=B, line="ssm tile sweep", results=[dict(config=cfg, eager_us=us) for us, cfg in best]))
         del c

@@ -286,7 +286,11 @@ def test_bad_out_and_config_rejected_before_any_write(device):
     with pytest.raises(TypeError, match="out"):
         mamba_step(**args, out=torch.empty(3, 48, device=device))
     with pytest.raises(ValueError, match="ssm_config"):
-        mamba_step(**args, ssm_config=(8, 32, 4))  # the fused dt_proj needs 16-row tiles
+        mamba_step(**args, ssm_config=(8, 32, 4, 0))  # the fused dt_proj needs 16-row tiles
+    with pytest.raises(ValueError, match="ssm_config"):
+        mamba_step(**args, ssm_config=(16, 16, 2))  # no register cap given
+    with pytest.raises(ValueError, match="ssm_config"):
+        mamba_step(**args, ssm_config=(16, 16, 2, 512))
     assert torch.equal(args["conv_state"], cs0) and torch.equal(args["ssm_state"], h0)
 
 

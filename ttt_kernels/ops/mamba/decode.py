@@ -50,12 +50,13 @@ from ..ttt_state import STATE_DTYPES, _check_tensor, check_out
 from .naive import split_x_db
 
 ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# (rows, channels, warps) of a state tile: 16 rows is the least tl.dot takes; 16 channels on 2
-# warps (a 16 KB fp32 tile, 64 values per thread in 16-byte loads) measured 111.3 us at B=512 on
-# the H100 against 116.7 for 32 channels on 4 warps and 112.2 for 32 x 16 on 4 (CUDA-graph
-# replays; .cs / evict_first cache hints on the state cost 3-5 us). mamba_step_benchmark.py
-# --sweep re-tunes it.
-SSM_CONFIG = (16, 16, 2)
+# (rows, channels, warps, register cap) of a state tile: 16 rows is the least tl.dot takes; 16
+# channels on 2 warps (a 16 KB fp32 tile, 64 values per thread in 16-byte loads) measured 107.3 us at
+# B=512 on the H100 (142 registers, 7 programs per SM) and 105.2 us capped at 128 registers (8 per
+# SM, no spills), against 106.2 for 32 x 16 on 4 warps and 94.3 for a copy of the state alone
+# (CUDA-graph replays; .cs / evict_first cache hints on the state cost 3-5 us). A register cap of 0
+# leaves the compiler's choice. mamba_step_benchmark.py --sweep re-tunes it.
+SSM_CONFIG = (16, 16, 2, 128)
 CONV_BLOCK_D = 512
 
 
@@ -99,6 +100,16 @@ def _ssm_step_kernel(
     m2 = bm[:, None] & dm[None, :]
     rb = rb.to(tl.int64)  # B * d_inner * N overflows int32 past ~32k sequences
 
+    # the per-channel parameters first, so their loads overlap those of dt_proj's operands
+    # (107.3 against 110.8 us at B=512 with the dt bias, A and D loaded where they are used)
+    A = tl.load(A_ptr + rd[:, None] * N + n[None, :], mask=dm[:, None], other=0.0).to(tl.float32)
+    if A_IS_LOG:
+        A = -tl.exp(A)
+    if HAS_D:
+        Dv = tl.load(D_ptr + rd, mask=dm, other=0.0).to(tl.float32)
+    if HAS_DT_BIAS:
+        dt_bias = tl.load(dtb_ptr + rd, mask=dm, other=0.0).to(tl.float32)
+
     if DT_PROJ:  # dt = dt_low @ dt_proj_weight^T for this tile, on the tensor cores
         r = tl.arange(0, RP)
         lo = tl.load(dt_ptr + rb[:, None] * stride_dt + r[None, :], mask=bm[:, None] & (r[None, :] < R), other=0.0)
@@ -109,27 +120,23 @@ def _ssm_step_kernel(
     else:
         dt = tl.load(dt_ptr + rb[:, None] * stride_dt + rd[None, :], mask=m2, other=0.0).to(tl.float32)
     if HAS_DT_BIAS:
-        dt += tl.load(dtb_ptr + rd, mask=dm, other=0.0).to(tl.float32)[None, :]
+        dt += dt_bias[None, :]
     if DT_SOFTPLUS:
         dt = _softplus(dt)
-
-    A = tl.load(A_ptr + rd[:, None] * N + n[None, :], mask=dm[:, None], other=0.0).to(tl.float32)
-    if A_IS_LOG:
-        A = -tl.exp(A)
-    x = tl.load(x_ptr + rb[:, None] * stride_x + rd[None, :], mask=m2, other=0.0).to(tl.float32)
-    Bv = tl.load(B_ptr + rb[:, None] * stride_B + n[None, :], mask=bm[:, None], other=0.0).to(tl.float32)
-    Cv = tl.load(C_ptr + rb[:, None] * stride_C + n[None, :], mask=bm[:, None], other=0.0).to(tl.float32)
 
     # the state tile [rows, channels, N] is contiguous along N and channels: 16-byte loads
     s_off = rb[:, None, None] * dim * N + rd[None, :, None] * N + n[None, None, :]
     m3 = m2[:, :, None]
     h = tl.load(s_ptr + s_off, mask=m3, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + rb[:, None] * stride_x + rd[None, :], mask=m2, other=0.0).to(tl.float32)
+    Bv = tl.load(B_ptr + rb[:, None] * stride_B + n[None, :], mask=bm[:, None], other=0.0).to(tl.float32)
+    Cv = tl.load(C_ptr + rb[:, None] * stride_C + n[None, :], mask=bm[:, None], other=0.0).to(tl.float32)
     h = h * tl.exp(dt[:, :, None] * A[None, :, :]) + (dt * x)[:, :, None] * Bv[:, None, :]
     tl.store(s_ptr + s_off, h.to(s_ptr.dtype.element_ty), mask=m3)
 
     y = tl.sum(h * Cv[:, None, :], axis=2)  # from the unrounded state, as mamba-ssm does
     if HAS_D:
-        y += tl.load(D_ptr + rd, mask=dm, other=0.0).to(tl.float32)[None, :] * x
+        y += Dv[None, :] * x
     if HAS_Z:
         z = tl.load(z_ptr + rb[:, None] * stride_z + rd[None, :], mask=m2, other=0.0).to(tl.float32)
         y *= z * tl.sigmoid(z)
@@ -181,17 +188,19 @@ def _check_ssm_state(ssm_state, Bsz, d, dev) -> int:
     return N
 
 
-def _check_config(config, dt_proj: bool) -> tuple[int, int, int]:
+def _check_config(config, dt_proj: bool) -> tuple[int, int, int, int]:
     config = SSM_CONFIG if config is None else config
-    if not isinstance(config, tuple) or len(config) != 3:
-        raise ValueError(f"ssm_config must be a (rows, channels, warps) tuple, got {config!r}")
-    BB, BD, warps = config
+    if not isinstance(config, tuple) or len(config) != 4:
+        raise ValueError(f"ssm_config must be a (rows, channels, warps, register cap) tuple, got {config!r}")
+    BB, BD, warps, maxnreg = config
     for v, what in ((BB, "rows"), (BD, "channels"), (warps, "warps")):
         if not isinstance(v, int) or v < 1 or v & (v - 1):
             raise ValueError(f"ssm_config: {what} must be a power of two, got {v!r}")
+    if not isinstance(maxnreg, int) or not (maxnreg == 0 or 24 <= maxnreg <= 255):
+        raise ValueError(f"ssm_config: the register cap must be 0 (none) or in 24..255, got {maxnreg!r}")
     if dt_proj and (BB < 16 or BD < 16):
         raise ValueError(f"ssm_config: the fused dt_proj (tl.dot) needs >= 16 rows and channels, got {BB}x{BD}")
-    return BB, BD, warps
+    return BB, BD, warps, maxnreg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +222,7 @@ def _launch_ssm(ssm_state, x, dt, A, B, C, D, z, dt_bias, dt_proj_weight, out, d
                 a_is_log: bool, config) -> None:
     Bsz, d = x.shape
     N = ssm_state.shape[2]
-    BB, BD, warps = config
+    BB, BD, warps, maxnreg = config
     R = 1 if dt_proj_weight is None else dt_proj_weight.shape[1]
     # fp16/bf16 operands are exact in tf32; an fp32 one needs ieee products
     fp32_dot = dt.dtype == torch.float32 or (dt_proj_weight is not None and dt_proj_weight.dtype == torch.float32)
@@ -225,7 +234,7 @@ def _launch_ssm(ssm_state, x, dt, A, B, C, D, z, dt_bias, dt_proj_weight, out, d
         N=N, R=R, RP=max(16, triton.next_power_of_2(R)), BLOCK_B=BB, BLOCK_D=BD,
         DT_PROJ=dt_proj_weight is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus,
         A_IS_LOG=a_is_log, HAS_D=D is not None, HAS_Z=z is not None,
-        DOT_PREC="ieee" if fp32_dot else "tf32", num_warps=warps,
+        DOT_PREC="ieee" if fp32_dot else "tf32", num_warps=warps, **({"maxnreg": maxnreg} if maxnreg else {}),
     )
 
 
