@@ -158,7 +158,8 @@ def main(argv=None):
     p.add_argument("--dtype", choices=DTYPES, default="fp16")
     p.add_argument("--state-dtype", choices=DTYPES, default="fp32")
     p.add_argument("--ssm-config", type=int, nargs=4, metavar=("ROWS", "CHANNELS", "WARPS", "MAXNREG"), default=None,
-                   help="SSM kernel tile and register cap, 0 for none (default: ttt_kernels.ops.mamba.decode.SSM_CONFIG)")
+                   help="SSM kernel tile and register cap, 0 for none "
+                        "(default: ttt_kernels.ops.mamba.decode.SSM_CONFIG)")
     p.add_argument("--sweep", action="store_true", help="also time the SSM kernel over tile configs")
     p.add_argument("--json", metavar="PATH", help="write the results with ttt_kernels.utils.benchmarking.write_results")
     args = p.parse_args(argv)
