@@ -35,6 +35,7 @@ constexpr int ROWS = 16;  // mini-batch rows per tile: K <= 16
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f32(double x) { return static_cast<float>(x); }
 
 // small per-call inputs (lr, LayerNorm params, token-index bias) come in any float dtype
 __device__ __forceinline__ float load_any(const void* p, int dtype, int64_t i) {
@@ -43,6 +44,17 @@ __device__ __forceinline__ float load_any(const void* p, int dtype, int64_t i) {
     case TTT_BF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
     case TTT_F64: return static_cast<float>(static_cast<const double*>(p)[i]);
     default: return static_cast<const float*>(p)[i];
+  }
+}
+
+// elements tid, tid + NT, ... (< LEN) of p as fp32; straight-line predicated loads, so all of
+// them are in flight before the first is used
+template <class T, int LEN, int NT>
+__device__ __forceinline__ void load_f32(float (&out)[(LEN + NT - 1) / NT], const T* p, int tid) {
+#pragma unroll
+  for (int k = 0; k < (LEN + NT - 1) / NT; ++k) {
+    const int i = tid + k * NT;
+    out[k] = i < LEN ? to_f32(p[i]) : 0.f;
   }
 }
 
@@ -376,6 +388,58 @@ __device__ __forceinline__ Token load_token(const TTTDecodeParams& P, int64_t bh
   s.lr = load_any(P.lr, P.lr_dtype, bh);
   return s;
 }
+// The head's LayerNorm params (row h of ln_w, ln_b: any float dtype), output bias b and q (F values
+// each), elements tid, tid + NT, ... of each: load() issues every global load without waiting
+// (one dtype switch for both LayerNorm params, no thread-dependent loop bounds), store() puts them
+// in shared memory as fp32. Called apart, the loads' latency overlaps the token's dependent loads;
+// loaded and stored element by element they had each head wait for six memory latencies in a row
+// (ncu: the first stall of a head).
+template <int F, int NT, class TS, class TA>
+struct HeadVectors {
+  static constexpr int PER = (F + NT - 1) / NT;
+  float gw[PER], gb[PER], bv[PER], qq[PER];
+
+  __device__ __forceinline__ void load(const TTTDecodeParams& P, int64_t bh, const TS* b, int tid) {
+    load_f32<TS, F, NT>(bv, b, tid);
+    load_f32<TA, F, NT>(qq, static_cast<const TA*>(P.q) + bh * F, tid);
+    const int64_t off = (bh % P.H) * F;
+    const auto both = [&](auto zero) {
+      using T = decltype(zero);
+      load_f32<T, F, NT>(gw, static_cast<const T*>(P.ln_w) + off, tid);
+      load_f32<T, F, NT>(gb, static_cast<const T*>(P.ln_b) + off, tid);
+    };
+    if (P.ln_w_dtype != P.ln_b_dtype) {
+#pragma unroll
+      for (int k = 0; k < PER; ++k) {
+        const int i = tid + k * NT;
+        gw[k] = i < F ? load_any(P.ln_w, P.ln_w_dtype, off + i) : 0.f;
+        gb[k] = i < F ? load_any(P.ln_b, P.ln_b_dtype, off + i) : 0.f;
+      }
+    } else if (P.ln_w_dtype == TTT_F16) {
+      both(__half{});
+    } else if (P.ln_w_dtype == TTT_BF16) {
+      both(__nv_bfloat16{});
+    } else if (P.ln_w_dtype == TTT_F64) {
+      both(0.0);
+    } else {
+      both(0.f);
+    }
+  }
+
+  __device__ __forceinline__ void store(float* gamma, float* beta, float* bias, float* qv, int tid) const {
+#pragma unroll
+    for (int k = 0; k < PER; ++k) {
+      const int i = tid + k * NT;
+      if (i < F) {
+        gamma[i] = gw[k];
+        beta[i] = gb[k];
+        bias[i] = bv[k];
+        qv[i] = qq[k];
+      }
+    }
+  }
+};
+
 // lr of mini-batch row j (0 for rows not in the mini-batch yet)
 __device__ __forceinline__ float row_lr(const TTTDecodeParams& P, int64_t bh, const Token& s, int j) {
   return j < s.t ? P.lr_cache[bh * P.K + j] : (j == s.t ? s.lr : 0.f);

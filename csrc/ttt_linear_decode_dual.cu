@@ -40,7 +40,6 @@ __global__ void __launch_bounds__(LinearCfg<F, TA, TS>::WARPS * 32)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
   const int64_t bh = static_cast<int64_t>(blockIdx.x) * Cfg::WARPS + warp;
   if (bh >= static_cast<int64_t>(P.B) * P.H) return;
-  const int h = static_cast<int>(bh % P.H);
 
   char* ws = smem + warp * Cfg::WARP_BYTES;
   char *sk = ws + Cfg::OFF_K, *sv = ws + Cfg::OFF_V, *skd = Cfg::CONVERT ? ws + Cfg::OFF_KD : sk;
@@ -49,16 +48,13 @@ __global__ void __launch_bounds__(LinearCfg<F, TA, TS>::WARPS * 32)
   TS* W = static_cast<TS*>(P.w[0]) + bh * F * F;
   TS* b = static_cast<TS*>(P.w[1]) + bh * F;
 
-  const Token tok = load_token(P, bh);
+  HeadVectors<F, 32, TS, TA> hv;
+  hv.load(P, bh, b, lane);
   load_weight_tile<TS, F, F>(ws, W, F, lane, 32);
+  const Token tok = load_token(P, bh);
   load_minibatch_rows<TA, F>(sk, sv, P, bh, tok.t, lane, 32);
   cp_async_commit();
-  for (int i = lane; i < F; i += 32) {
-    gamma[i] = load_any(P.ln_w, P.ln_w_dtype, static_cast<int64_t>(h) * F + i);
-    beta[i] = load_any(P.ln_b, P.ln_b_dtype, static_cast<int64_t>(h) * F + i);
-    bias[i] = to_f32(b[i]);
-    qv[i] = to_f32(static_cast<const TA*>(P.q)[bh * F + i]);
-  }
+  hv.store(gamma, beta, bias, qv, lane);
   const float lr0 = row_lr(P, bh, tok, g), lr1 = row_lr(P, bh, tok, g + 8);
   cp_async_wait<0>();
   __syncwarp();

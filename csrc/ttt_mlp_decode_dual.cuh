@@ -83,7 +83,6 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
         cp_async_commit();
       }
     };
-    const int h = static_cast<int>(bh % P.H);
 
     char *sk = smem + Cfg::OFF_K, *sv = smem + Cfg::OFF_V, *skd = Cfg::CONVERT ? smem + Cfg::OFF_KD : sk;
     float* vec = reinterpret_cast<float*>(smem + Cfg::OFF_VEC);
@@ -94,6 +93,12 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
     TS* W2 = static_cast<TS*>(P.w[2]) + bh * FH * F;
     TS* b2 = static_cast<TS*>(P.w[3]) + bh * F;
 
+    // the head's vectors first: their loads are in flight during the token's dependent ones
+    constexpr int PB1 = (FHC + 127) / 128;
+    float b1v[PB1];
+    load_f32<TS, FHC, 128>(b1v, b1 + hc0, tid);
+    HeadVectors<F, 128, TS, TA> hv;
+    hv.load(P, bh, b2, tid);
     const Token tok = load_token(P, bh);
     const bool last = tok.t == P.K - 1;
     if constexpr (!Cfg::PERSIST) load_weight_tile<TS, F, FHC>(smem, W1 + hc0, FH, tid, 128);
@@ -101,13 +106,10 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
     cp_async_commit();
     load_weight_tile<TS, FHC, F>(smem + Cfg::OFF_W2, W2 + static_cast<int64_t>(hc0) * F, F, tid, 128);
     cp_async_commit();
-    for (int i = tid; i < F; i += 128) {
-      gamma[i] = load_any(P.ln_w, P.ln_w_dtype, static_cast<int64_t>(h) * F + i);
-      beta[i] = load_any(P.ln_b, P.ln_b_dtype, static_cast<int64_t>(h) * F + i);
-      b2s[i] = to_f32(b2[i]);
-      qv[i] = to_f32(static_cast<const TA*>(P.q)[bh * F + i]);
-    }
-    for (int i = tid; i < FHC; i += 128) b1s[i] = to_f32(b1[hc0 + i]);
+    hv.store(gamma, beta, b2s, qv, tid);
+  #pragma unroll
+    for (int k = 0; k < PB1; ++k)
+      if (tid + 128 * k < FHC) b1s[tid + 128 * k] = b1v[k];
     const float lr0 = row_lr(P, bh, tok, g), lr1 = row_lr(P, bh, tok, g + 8);
     cp_async_wait<1>();  // W1 and the rows
     __syncthreads();

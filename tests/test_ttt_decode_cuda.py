@@ -24,7 +24,7 @@ from ttt_kernels.ops.ttt_state import TTTDualState, check_decode_args
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_OPS = {"mlp_1": ttt_linear_decode_dual_cuda, "mlp_2": ttt_mlp_decode_dual_cuda}
 TRITON_OPS = {"mlp_1": ttt_linear_decode_dual, "mlp_2": ttt_mlp_decode_dual}
-F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+F32, F16, BF16, F64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
 # (state dtype, activation dtype): each state dtype, states wider than activations, and
 # activations that are not the tensor-core dtype
 DTYPES = [(F32, F32), (F16, F16), (BF16, BF16), (F32, F16), (BF16, F32)]
@@ -240,27 +240,30 @@ def _emulated_step(launch, inner_net, q, k, v, lr, pos, ln_w, ln_b, tib, state, 
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no g++")
-@pytest.mark.parametrize("inner_net,f,state_dtype,act_dtype", [
-    ("mlp_1", 64, F16, F16), ("mlp_1", 128, F32, F16), ("mlp_1", 64, BF16, F32),
-    ("mlp_2", 64, F16, F16),  # one CTA per head
-    ("mlp_2", 64, F32, F32), ("mlp_2", 128, BF16, BF16), ("mlp_2", 128, F32, F16),  # clusters of 2, 4, 8
+@pytest.mark.parametrize("inner_net,f,state_dtype,act_dtype,ln_dtypes", [
+    ("mlp_1", 64, F16, F16, (F32, F32)), ("mlp_1", 128, F32, F16, (BF16, BF16)), ("mlp_1", 64, BF16, F32, (F16, F64)),
+    ("mlp_2", 64, F16, F16, (F16, F64)),  # one CTA per head
+    ("mlp_2", 64, F32, F32, (F64, F64)), ("mlp_2", 128, BF16, BF16, (F16, F16)),  # clusters of 2, 4, 8
+    ("mlp_2", 128, F32, F16, (F32, F32)),
 ], ids=str)
-def test_cuda_kernel_source_in_host_emulation(emulated_kernels, inner_net, f, state_dtype, act_dtype):
+def test_cuda_kernel_source_in_host_emulation(emulated_kernels, inner_net, f, state_dtype, act_dtype, ln_dtypes):
     """The kernels' index math, fragment layouts, barriers and cluster exchanges, checked on
-    any machine: 10 steps from positions 7 and 15 (both sequences cross a mini-batch end)."""
+    any machine: 10 steps from positions 7 and 15 (both sequences cross a mini-batch end), with
+    the LayerNorm params in each float dtype, alike and mixed."""
     gen = torch.Generator().manual_seed(25)
     B, H = 2, 2
     params, ln_w, ln_b, tib = random_layer(inner_net, H, f, K, gen=gen)
+    ln_w, ln_b = ln_w.to(ln_dtypes[0]), ln_b.to(ln_dtypes[1])  # the reference gets the same rounded values
     state = random_dual_state(params, B, K, state_dtype, act_dtype, gen=gen)
     ref_state = to_float64(state)
     pos = torch.tensor([7, 15], dtype=torch.int32)
     tol = TOL[state_dtype] if act_dtype == F32 else max(TOL[state_dtype], TOL[act_dtype])
     for step in range(10):
         q, k, v, lr = random_token(B, H, f, act_dtype, gen=gen)
-        out = _emulated_step(emulated_kernels[inner_net], inner_net, q, k, v, lr, pos, ln_w.float(), ln_b.float(),
+        out = _emulated_step(emulated_kernels[inner_net], inner_net, q, k, v, lr, pos, ln_w, ln_b,
                              tib.float(), state, torch.full_like(q, math.nan))
-        ref = DUAL_REFS[inner_net](q.double(), k.double(), v.double(), lr.double(), pos.long(), ln_w, ln_b, tib,
-                                   ref_state)
+        ref = DUAL_REFS[inner_net](q.double(), k.double(), v.double(), lr.double(), pos.long(), ln_w.double(),
+                                   ln_b.double(), tib, ref_state)
         assert not out.isnan().any(), f"step {step}: unwritten output elements"
         assert rel_err(out - q, ref - q.double()) < tol, (step, rel_err(out - q, ref - q.double()))
         pos += 1
