@@ -5,7 +5,8 @@
     python benchmarks/prefill_benchmark.py --sweep --batch 16 --seqlen 4096   # launch configs of our kernels
 
 Lines (``--lines``): ``mlp_1`` / ``mlp_2`` our fused dual-form prefill kernels (TTT-Linear /
-TTT-MLP, ``ttt_linear_prefill`` / ``ttt_mlp_prefill``); ``ref_mlp_1`` / ``ref_mlp_2`` the
+TTT-MLP, ``ttt_linear_prefill`` / ``ttt_mlp_prefill``, Triton); ``mlp_2_cuda`` the TTT-MLP one on
+the hand-written CUDA kernel (``ttt_mlp_prefill_cuda``: f = 64, 16-bit states); ``ref_mlp_1`` / ``ref_mlp_2`` the
 PyTorch reference (the whole-mini-batch dual form looped over the prompt's mini-batches,
 as the module's reference path runs an aligned prompt; only up to ``--ref_max_seqlen``);
 ``fla`` flash-linear-attention's ``chunk_ttt_linear`` (TTT-Linear, chunk 16) where ``fla``
@@ -44,7 +45,10 @@ from ttt_kernels.utils.benchmarking import (as_dtype, inner_net_elements, markdo
 
 K = 16
 DEVICE = "cuda"
-LINES = ["mlp_1", "mlp_2", "ref_mlp_1", "ref_mlp_2", "fla"]
+LINES = ["mlp_1", "mlp_2", "mlp_2_cuda", "ref_mlp_1", "ref_mlp_2", "fla"]
+OURS = {"mlp_1": ("ttt_kernels.ops.ttt_linear", "ttt_linear_prefill"),
+        "mlp_2": ("ttt_kernels.ops.ttt_mlp", "ttt_mlp_prefill"),
+        "mlp_2_cuda": ("ttt_kernels.ops.ttt_mlp", "ttt_mlp_prefill_cuda")}
 # candidate launch configs of our kernels for --sweep (None: the launcher's default)
 SWEEP = {
     "mlp_1": [None, {"num_warps": 4, "num_stages": 1, "maxnreg": 168},
@@ -83,6 +87,11 @@ def flops_per_token_head(inner_net: str, f: int) -> int:
     return 14 * f * fh + 2 * K * (2 * f + 2 * fh)
 
 
+def inner_of(line: str) -> str:
+    """The inner net a line computes ("mlp_1" or "mlp_2"; fla's is TTT-Linear)."""
+    return "mlp_1" if line == "fla" else line.removeprefix("ref_").removesuffix("_cuda")
+
+
 def first_line(e: Exception) -> str:
     return (str(e).splitlines() or [""])[0][:200]
 
@@ -114,16 +123,17 @@ class PrefillBench:
         """A no-argument callable running one prefill of ``line``."""
         from ttt_kernels.ops.ttt_state import TTTDualState
         q, k, v, lr = x
-        inner = line.removeprefix("ref_") if line != "fla" else "mlp_1"
+        inner = inner_of(line)
         params, *ln = self.layers[inner]
         pos = torch.zeros(B, dtype=torch.int64, device=DEVICE)
-        if line in ("mlp_1", "mlp_2"):
-            from ttt_kernels.ops.ttt_linear import ttt_linear_prefill
-            from ttt_kernels.ops.ttt_mlp import ttt_mlp_prefill
-            op = ttt_linear_prefill if line == "mlp_1" else ttt_mlp_prefill
+        if line in OURS:
+            import importlib
+            module, fn = OURS[line]
+            op = getattr(importlib.import_module(module), fn)
             state = TTTDualState.from_params(params, B, K, self.sdt, self.adt)
             out = torch.empty_like(q)
-            return lambda: op(q, k, v, lr, pos, *ln, state, out=out, check_positions=False, config=config)
+            kw = {} if line == "mlp_2_cuda" else {"config": config}  # launch configs are the Triton kernels'
+            return lambda: op(q, k, v, lr, pos, *ln, state, out=out, check_positions=False, **kw)
         if line.startswith("ref_"):
             return self._reference(inner, params, ln, x)
         if isinstance(self.fla, Exception):
@@ -155,7 +165,7 @@ class PrefillBench:
 
     def bytes_moved(self, line, B, T) -> int:
         a = self.adt.itemsize
-        inner = "mlp_1" if line == "fla" else line.removeprefix("ref_")
+        inner = inner_of(line)
         state = 4 if line == "fla" else self.sdt.itemsize
         lr = a if line == "fla" else 4
         per_token = self.H * (4 * self.f * a + lr)
@@ -164,7 +174,7 @@ class PrefillBench:
     def measure(self, line, B, T, x, config=None) -> dict:
         import triton.testing
         row = {"line": line, "B": B, "T": T, "config": config, "ms": math.nan}
-        inner = "mlp_1" if line == "fla" else line.removeprefix("ref_")
+        inner = inner_of(line)
         if line.startswith("ref_") and T > self.args.ref_max_seqlen:
             return row
         try:
@@ -225,8 +235,8 @@ def main(argv=None) -> int:
     print(markdown_table(rows, cols))
     ms = {(r["line"], r["B"], r["T"]): r["ms"] for r in rows if r["config"] is None}
     for (line, B, T), t in ms.items():
-        if line == "mlp_2" and ("mlp_1", B, T) in ms:
-            print(f"B={B} T={T}: mlp_2 / mlp_1 = {t / ms[('mlp_1', B, T)]:.2f}", end="")
+        if line in ("mlp_2", "mlp_2_cuda") and ("mlp_1", B, T) in ms:
+            print(f"B={B} T={T}: {line} / mlp_1 = {t / ms[('mlp_1', B, T)]:.2f}", end="")
             if ("fla", B, T) in ms:
                 print(f", mlp_1 / fla chunk_ttt_linear = {ms[('mlp_1', B, T)] / ms[('fla', B, T)]:.2f}", end="")
             print()

@@ -259,6 +259,12 @@ __device__ __forceinline__ void ldsm4_t(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
 }
+// stmatrix .x4, the inverse of ldsm4: lane 8i + r gives the address of row r of matrix i
+__device__ __forceinline__ void stsm4(uint32_t addr, const uint32_t (&r)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1,%2,%3,%4};" ::"r"(addr), "r"(r[0]), "r"(r[1]),
+               "r"(r[2]), "r"(r[3])
+               : "memory");
+}
 // the same x4 load from each part of a tile (parts PART bytes apart)
 template <int N, int PART>
 __device__ __forceinline__ void ldsm4(uint32_t (&r)[N][4], uint32_t addr) {
@@ -316,6 +322,19 @@ __device__ __forceinline__ void load_weight_tile(char* tile, const TS* src, int6
       *reinterpret_cast<uint4*>(dst) = make_uint4(p[0][0], p[1][0], p[2][0], p[3][0]);
       *reinterpret_cast<uint4*>(dst + PART) = make_uint4(p[0][1], p[1][1], p[2][1], p[3][1]);
     }
+  }
+}
+
+// The inverse of load_weight_tile for a 16-bit state: the swizzled tile [R x C] back to a
+// contiguous block (row stride C elements), in 16-byte stores.
+template <int R, int C, class TS>
+__device__ __forceinline__ void store_weight_tile(TS* dst, const char* tile, int tid, int nthreads) {
+  static_assert(Dot<TS>::N == 1, "16-bit states only");
+  constexpr int ROW = 2 * C, CH = C / 8;
+#pragma unroll 8
+  for (int i = tid; i < R * CH; i += nthreads) {
+    const int r = i / CH, ch = i % CH;
+    *reinterpret_cast<uint4*>(dst + r * C + ch * 8) = *reinterpret_cast<const uint4*>(tile + swz<ROW>(r, ch));
   }
 }
 

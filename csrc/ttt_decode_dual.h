@@ -1,4 +1,4 @@
-// C interface of the CUDA dual-form TTT decode kernels: raw pointers, sizes and dtype
+// C interface of the CUDA dual-form TTT decode (and TTT-MLP prefill) kernels: raw pointers, sizes and dtype
 // codes, no PyTorch types, so the .cu files build with nvcc alone (CI compiles them that way)
 // and the PyTorch binding (binding.cpp) stays a thin translation layer.
 #pragma once
@@ -34,6 +34,19 @@ typedef struct TTTDecodeParams {
 // Returns NULL once launched, else a static message saying why nothing was launched.
 const char* ttt_linear_decode_dual_launch(const TTTDecodeParams* p, cudaStream_t stream);
 const char* ttt_mlp_decode_dual_launch(const TTTDecodeParams* p, cudaStream_t stream);
+
+// TTT-MLP over whole prompts of T tokens (as ttt_kernels.ops.ttt_mlp.ttt_mlp_prefill): `d` as for a
+// step, except q, k, v [B, T, H, F] with batch / token strides below (heads contiguous, every row
+// 16-byte aligned), lr [B, T, H] (any float dtype) and out [B, T, H, F] contiguous; sequence b starts
+// at pos[b] and runs lengths[b] tokens (int32 or int64). f = 64, K = 16 and 16-bit states only.
+typedef struct TTTPrefillParams {
+  TTTDecodeParams d;
+  const void* lengths;
+  int len_dtype, T;
+  int64_t sq_b, sq_t, sk_b, sk_t, sv_b, sv_t;
+} TTTPrefillParams;
+
+const char* ttt_mlp_prefill_launch(const TTTPrefillParams* p, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -256,6 +256,20 @@ def test_generate_eager_cpu():
     assert cache.positions.sum() == 0
 
 
+def test_cuda_inner_net_prefills_on_the_cuda_kernel_where_it_fits():
+    from ttt_kernels.modules.ttt_layer import prefill_kernel
+    from ttt_kernels.ops.ttt_mlp import ttt_mlp_prefill, ttt_mlp_prefill_cuda
+    for name, dtype, op in (("mlp_2_dual_cuda", torch.float16, ttt_mlp_prefill_cuda),
+                            ("mlp_2_dual_cuda", F32, ttt_mlp_prefill),  # an fp32 state does not fit on-chip
+                            ("mlp_2_dual_triton", torch.float16, ttt_mlp_prefill)):
+        model = TTTLM.from_name("ttt-tiny", dtype=dtype, inner_net=name)
+        state = model.allocate_inference_cache(2).layers[0].mixer.ttt
+        q = torch.zeros(2, 16, 2, 64, dtype=dtype)
+        assert prefill_kernel(model.layers[0].mixer.spec, q, q, q, state) is op, (name, dtype)
+        v = torch.zeros(2, 16, 136, dtype=dtype)[:, :, 1:129].view(2, 16, 2, 64)  # rows off 16-byte alignment
+        assert prefill_kernel(model.layers[0].mixer.spec, q, q, v, state) is ttt_mlp_prefill
+
+
 # ------------------------------------------------------------------ GPU: CUDA graphs
 
 @pytest.mark.gpu
@@ -272,6 +286,26 @@ def test_cuda_graph_generation_equals_eager(inner_net, promptlen):
     assert torch.equal(eager.generated, graph.generated)
     for a, b in zip(eager.scores, graph.scores):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.gpu
+def test_cuda_prefill_matches_triton_prefill():
+    """mlp_2_dual_cuda prefills an fp16 model on the CUDA kernel: ragged prompts from a start
+    mid-mini-batch give the Triton prefill's logits and state."""
+    load_op_or_skip("mlp_2_dual_cuda")
+    model = tiny_model("mlp_2_dual_triton", device="cuda", dtype=torch.float16)
+    cuda_model = with_inner_net(model, "mlp_2_dual_cuda")
+    g = torch.Generator().manual_seed(5)
+    first, prompt = (torch.randint(0, 512, (3, n), generator=g).cuda() for n in (5, 40))
+    lengths = torch.tensor([40, 17, 1])
+    caches = [m.allocate_inference_cache(3) for m in (model, cuda_model)]
+    logits = []
+    for m, cache in zip((model, cuda_model), caches):
+        m.prefill(first, cache)  # the prompts start at phase 5
+        logits.append(m.prefill(prompt, cache, lengths))
+    for b, n in enumerate(lengths.tolist()):
+        assert rel_err(logits[1][b, :n], logits[0][b, :n]) < 1e-2
+    assert_caches_close(caches[1], caches[0], tol=1e-2)
 
 
 @pytest.mark.gpu

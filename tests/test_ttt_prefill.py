@@ -46,14 +46,21 @@ def per_token_reference(inner_net, tokens, pos, lengths, ln, state):
     return torch.stack(outs, 1), pos
 
 
-def assert_prefill_matches(inner_net, B, H, f, T, pos, lengths, state_dtype, act_dtype, device, seed, config=None):
+def assert_prefill_matches(inner_net, B, H, f, T, pos, lengths, state_dtype, act_dtype, device, seed, config=None,
+                           prefill=None, ln_dtype=F32):
+    """``prefill`` (default: the Triton op of ``inner_net``) vs the float64 per-token reference;
+    the output poisoned with NaN first, so unwritten rows of a prompt fail."""
     ln, state, tokens = make_case(inner_net, B, H, f, T, state_dtype, act_dtype, device, seed)
+    ln = [x.to(ln_dtype) for x in ln[:2]] + [ln[2]]  # the reference gets the same rounded values
     ref_state = to_float64(state)
     pos = pos.to(device)
     n = torch.full((B,), T) if lengths is None else torch.as_tensor(lengths)
     kwargs = {} if config is None else {"config": config}
-    out = PREFILL[inner_net](*tokens, pos, *(x.float() for x in ln), state,
-                             lengths=None if lengths is None else n.to(device), **kwargs)
+    out = torch.full_like(tokens[0], float("nan"))
+    for b in range(B):  # the contract for a given out buffer: rows past a prompt are left as they are
+        out[b, int(n[b]):] = 0
+    out = (prefill or PREFILL[inner_net])(*tokens, pos, *ln[:2], ln[2].float(), state,
+                                          lengths=None if lengths is None else n.to(device), out=out, **kwargs)
     ref, end = per_token_reference(inner_net, tokens, pos, n, ln, ref_state)
     tol = TOL[state_dtype] if act_dtype == F32 else max(TOL[state_dtype], TOL[act_dtype])
     q = tokens[0]

@@ -7,20 +7,20 @@ Fiber* cur = nullptr;
 Run* run = nullptr;
 ucontext_t sched;
 const char* last_error = nullptr;
-static void (*g_kernel)(TTTDecodeParams);
-static const TTTDecodeParams* g_params;
+static void (*g_body)(const void*);
+static const void* g_arg;
 static std::vector<char*> g_stacks;  // fiber stacks, reused across launches
 constexpr size_t STACK = 256 * 1024;
 static void trampoline() {
-  g_kernel(*g_params);
+  g_body(g_arg);
   cur->done = true;
 }
-void launch_clusters(void (*kernel)(TTTDecodeParams), const TTTDecodeParams& p, unsigned grid, unsigned block,
-                     size_t smem, unsigned cluster) {
+void launch_clusters(void (*body)(const void*), const void* arg, unsigned grid, unsigned block, size_t smem,
+                     unsigned cluster) {
   if (grid % cluster) { last_error = "grid not a multiple of the cluster"; return; }
   if (block % 32) { last_error = "block not whole warps"; return; }
-  g_kernel = kernel;
-  g_params = &p;
+  g_body = body;
+  g_arg = arg;
   ::gridDim = Dim3{grid, 1, 1};
   const int wpc = block / 32;
   for (unsigned c0 = 0; c0 < grid; c0 += cluster) {

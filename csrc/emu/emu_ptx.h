@@ -25,6 +25,15 @@ inline void emu_ldsm(uint32_t (&r)[4], uint32_t addr, bool trans) {
 }
 inline void ldsm4(uint32_t (&r)[4], uint32_t addr) { emu_ldsm(r, addr, false); }
 inline void ldsm4_t(uint32_t (&r)[4], uint32_t addr) { emu_ldsm(r, addr, true); }
+// stmatrix .x4: lane (g, c) stores its elements 2c, 2c+1 of row g of matrix i to that row's address
+inline void stsm4(uint32_t addr, const uint32_t (&r)[4]) {
+  auto& w = ttt_emu::wx();
+  const int lane = ttt_emu::cur->lane, g = lane >> 2, c = lane & 3;
+  w.u[lane][0] = addr;
+  ttt_emu::arrive(w.bar);
+  for (int i = 0; i < 4; ++i) std::memcpy(ttt_emu::smem_base() + w.u[8 * i + g][0] + 4 * c, &r[i], 4);
+  ttt_emu::arrive(w.bar);
+}
 inline uint32_t movt(uint32_t x) {  // input: row g cols 2c..2c+1; output: column g rows 2c..2c+1
   auto& w = ttt_emu::wx();
   const int lane = ttt_emu::cur->lane, g = lane >> 2, c = lane & 3;

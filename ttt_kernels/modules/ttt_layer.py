@@ -44,6 +44,7 @@ class InnerNet:
     module: str  # package the op is exported from
     fn: str
     kernel: bool  # a fused kernel: takes check_positions=, stays outside torch.compile
+    cuda: bool = False  # the hand-written CUDA kernels (their prefill too, where it covers the shape)
 
     def load(self):
         try:
@@ -64,8 +65,10 @@ INNER_NETS = {
     "mlp_1_primal_triton": InnerNet("mlp_1", "primal", "ttt_kernels.ops.ttt_linear", "ttt_linear_decode_primal", True),
     "mlp_2_primal_triton": InnerNet("mlp_2", "primal", "ttt_kernels.ops.ttt_mlp", "ttt_mlp_decode_primal", True),
     # hand-written CUDA (ttt_kernels._C), the Triton dual kernels' semantics and state layout
-    "mlp_1_dual_cuda": InnerNet("mlp_1", "dual", "ttt_kernels.ops.ttt_linear", "ttt_linear_decode_dual_cuda", True),
-    "mlp_2_dual_cuda": InnerNet("mlp_2", "dual", "ttt_kernels.ops.ttt_mlp", "ttt_mlp_decode_dual_cuda", True),
+    "mlp_1_dual_cuda": InnerNet("mlp_1", "dual", "ttt_kernels.ops.ttt_linear", "ttt_linear_decode_dual_cuda", True,
+                                cuda=True),
+    "mlp_2_dual_cuda": InnerNet("mlp_2", "dual", "ttt_kernels.ops.ttt_mlp", "ttt_mlp_decode_dual_cuda", True,
+                                cuda=True),
 }
 
 # whole mini-batches in matrix form, for prefill (valid for either state form: at a
@@ -75,6 +78,17 @@ _MINIBATCH_REFS = {"mlp_1": ("ttt_kernels.ops.ttt_linear", "ttt_linear_minibatch
 # whole prompts in one launch, for the fused dual-form inner nets (any start, length, ragged)
 _PREFILL_KERNELS = {"mlp_1": ("ttt_kernels.ops.ttt_linear", "ttt_linear_prefill"),
                     "mlp_2": ("ttt_kernels.ops.ttt_mlp", "ttt_mlp_prefill")}
+
+
+def prefill_kernel(spec: InnerNet, q, k, v, state):
+    """The fused prefill op for a dual-form kernel inner net: the CUDA TTT-MLP kernel for a CUDA
+    inner net where it covers the call (f = 64, 16-bit state), else the inner net's Triton kernel."""
+    if spec.cuda and spec.inner == "mlp_2":
+        from ..ops.ttt_mlp import cuda_prefill_supported, ttt_mlp_prefill_cuda
+        if cuda_prefill_supported(q, k, v, state) is None:
+            return ttt_mlp_prefill_cuda
+    module, fn = _PREFILL_KERNELS[spec.inner]
+    return getattr(importlib.import_module(module), fn)
 
 
 def get_inner_net(name: str) -> InnerNet:
@@ -285,13 +299,12 @@ class TTTLayer(nn.Module):
         k = self._heads(conv_apply_full(conv_prefill_inputs(xqk, cache.k_conv, lengths), self.conv_k, x.dtype))
         q, k, v = self.rotary(q, positions), self.rotary(k, positions), self._heads(v)
         if self.spec.kernel and self.spec.form == "dual":
-            module, fn = _PREFILL_KERNELS[self.inner]
             # the kernel reads each token's heads as one block (the conv leaves q, k channel-major);
             # positions and lengths were checked by prefill_plan: no second host sync
-            z = getattr(importlib.import_module(module), fn)(
-                q.contiguous(), k.contiguous(), v, lr, cache.positions, self.ttt_norm_weight, self.ttt_norm_bias,
-                self.token_idx_bias, cache.ttt, lengths=None if min(lengths_host) == x.shape[1] else lengths,
-                check_positions=False)
+            q, k = q.contiguous(), k.contiguous()
+            z = prefill_kernel(self.spec, q, k, v, cache.ttt)(
+                q, k, v, lr, cache.positions, self.ttt_norm_weight, self.ttt_norm_bias, self.token_idx_bias,
+                cache.ttt, lengths=None if min(lengths_host) == x.shape[1] else lengths, check_positions=False)
             return self._output(z, gate, fused=True)
         z = torch.zeros_like(q)  # padding tokens past every prompt stay 0
         K, T = self.mini_batch, x.shape[1]

@@ -50,8 +50,20 @@ inline void arrive(Barrier& b) {
 inline WarpX& wx() { return run->warps[cur->cta * run->warps_per_cta + cur->warp]; }
 inline char* smem_base() { return run->smem[cur->cta].data(); }
 
-void launch_clusters(void (*kernel)(TTTDecodeParams), const TTTDecodeParams& p, unsigned grid, unsigned block,
-                     size_t smem, unsigned cluster);
+// runs body(arg) as every thread of the grid, one cluster at a time
+void launch_clusters(void (*body)(const void*), const void* arg, unsigned grid, unsigned block, size_t smem,
+                     unsigned cluster);
+// a kernel taking its parameter struct P by value, as a body for launch_clusters
+template <class P>
+struct Kernel {
+  static inline void (*fn)(P) = nullptr;
+  static void body(const void* p) { fn(*static_cast<const P*>(p)); }
+};
+template <class P>
+void launch(void (*kernel)(P), const P& p, unsigned grid, unsigned block, size_t smem, unsigned cluster) {
+  Kernel<P>::fn = kernel;
+  launch_clusters(&Kernel<P>::body, &p, grid, block, smem, cluster);
+}
 }  // namespace ttt_emu
 
 #define threadIdx (ttt_emu::cur->tid)
@@ -87,14 +99,15 @@ template <class K> cudaError_t cudaFuncSetAttribute(K, cudaFuncAttribute, int by
   if (bytes > 227 * 1024) { ttt_emu::last_error = "shared memory above 227 KB"; return cudaErrorInvalidValue; }
   return cudaSuccess;
 }
-inline cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* c, void (*k)(TTTDecodeParams), TTTDecodeParams p) {
+template <class P>
+cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* c, void (*k)(P), P p) {
   unsigned cl = 1;
   for (unsigned i = 0; i < c->numAttrs; ++i)
     if (c->attrs[i].id == cudaLaunchAttributeClusterDimension) cl = c->attrs[i].val.clusterDim.x;
-  ttt_emu::launch_clusters(k, p, c->gridDim.x, c->blockDim.x, c->dynamicSmemBytes, cl);
+  ttt_emu::launch(k, p, c->gridDim.x, c->blockDim.x, c->dynamicSmemBytes, cl);
   return cudaSuccess;
 }
-template <class K, class G, class B>
-void emu_chevron(K k, const TTTDecodeParams& p, G grid, B block, size_t smem, cudaStream_t) {
-  ttt_emu::launch_clusters(k, p, dim3(grid).x, dim3(block).x, smem, 1);
+template <class P, class G, class B>
+void emu_chevron(void (*k)(P), const P& p, G grid, B block, size_t smem, cudaStream_t) {
+  ttt_emu::launch(k, p, dim3(grid).x, dim3(block).x, smem, 1);
 }
