@@ -21,8 +21,8 @@ steps, and the model's weights; for Mamba, each layer's conv and SSM states read
 written (13.5 MiB per sequence for mamba-1.4b with its fp32 SSM state, so 28.3 MB moved
 per sequence and step), x, z and y, and the weights. Prefill: ``--promptlen`` tokens
 per sequence from a fresh cache, timed the same way (the TTT layers of the fused inner
-nets prefill with the chunked kernels of ``ops/ttt_*/chunk.py``; Mamba prefills with
-the reference scan).
+nets prefill with the chunked kernels of ``ops/ttt_*/chunk.py``, ``mlp_2_dual_cuda`` with the
+CUDA one of ``ops/ttt_mlp/chunk_cuda.py`` where it fits; Mamba prefills with the reference scan).
 
 Several ``--model-name`` values run one after the other, each ``ttt-*`` model with every
 ``--inner_net`` (other families have none). The state dtype defaults to each model's own:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_ttt_prefill import assert_prefill_matches
+from test_ttt_prefill import assert_prefill_matches, assert_prefill_then_decode_equals_decode
 from ttt_helpers import DUAL_REFS, TOL, random_dual_state, random_layer, random_token, rel_err, to_float64
 
 from ttt_kernels.ops import cuda_backend
@@ -332,6 +332,13 @@ def test_cuda_prefill_matches_reference(state_dtype, act_dtype):
     T = 1000 if state_dtype == F16 else 300
     assert_prefill_matches("mlp_2", 4, 32, 64, T, torch.tensor([0, 3, 16, 100]), [T, T - 1, T // 2 + 9, 16],
                            state_dtype, act_dtype, "cuda", seed=12, prefill=ttt_mlp_prefill_cuda)
+
+
+@needs_backend
+def test_cuda_prefill_then_decode_equals_decode():
+    # 1000-token prompts (aligned and mid-mini-batch starts), then 40 steps of the CUDA decode kernel
+    assert_prefill_then_decode_equals_decode("mlp_2", 1000, 40, 4, 32, F16, "cuda", tol=TOL[F16],
+                                             prefill=ttt_mlp_prefill_cuda, decode=ttt_mlp_decode_dual_cuda)
 
 
 @needs_backend

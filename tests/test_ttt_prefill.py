@@ -113,22 +113,25 @@ def test_prefill_padded_head_dim(inner_net, device):
     assert_prefill_matches(inner_net, 2, 1, 96, 20, torch.tensor([0, 7]), [20, 12], F32, F32, device, seed=3)
 
 
-def assert_prefill_then_decode_equals_decode(inner_net, n_prompt, n_steps, B, H, state_dtype, device, tol):
-    """Prefill of a prompt then decode steps == the decode kernel over every token, state included."""
+def assert_prefill_then_decode_equals_decode(inner_net, n_prompt, n_steps, B, H, state_dtype, device, tol,
+                                             prefill=None, decode=None):
+    """Prefill of a prompt then decode steps == the decode kernel over every token, state included
+    (``prefill``, ``decode``: default the Triton ops of ``inner_net``)."""
+    prefill, decode = prefill or PREFILL[inner_net], decode or DECODE[inner_net]
     ln, state, tokens = make_case(inner_net, B, H, 64, n_prompt + n_steps, state_dtype, state_dtype, device, seed=4)
     ln = [x.float() for x in ln]
     step_state = TTTDualState([w.clone() for w in state.weights], state.k_cache.clone(), state.v_cache.clone(),
                               state.lr_cache.clone())
     start = torch.arange(B, device=device) * 5  # aligned and mid-mini-batch starts
     prompt = [x[:, :n_prompt].contiguous() for x in tokens]
-    out = [PREFILL[inner_net](*prompt, start, *ln, state)]
+    out = [prefill(*prompt, start, *ln, state)]
     pos = start + n_prompt
     for i in range(n_prompt, n_prompt + n_steps):
-        out.append(DECODE[inner_net](*(x[:, i].contiguous() for x in tokens), pos, *ln, state)[:, None])
+        out.append(decode(*(x[:, i].contiguous() for x in tokens), pos, *ln, state)[:, None])
         pos += 1
     ref, pos = [], start.clone()
     for i in range(n_prompt + n_steps):
-        ref.append(DECODE[inner_net](*(x[:, i].contiguous() for x in tokens), pos, *ln, step_state)[:, None])
+        ref.append(decode(*(x[:, i].contiguous() for x in tokens), pos, *ln, step_state)[:, None])
         pos += 1
     assert rel_err(torch.cat(out, 1) - tokens[0], torch.cat(ref, 1) - tokens[0]) < tol
     t = (pos % K).tolist()

@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 
 PTX_WRAPPERS = ["uint32_t smem_u32(", "void ldsm4(uint32_t (&r)[4], uint32_t addr)",
-                "void ldsm4_t(uint32_t (&r)[4], uint32_t addr)", "void stsm4(", "void cp_async16(", "void cp_async_commit(",
+                "void ldsm4_t(uint32_t (&r)[4], uint32_t addr)", "void stsm4(",
+                "void cp_async16(", "void cp_async_commit(",
                 "void cp_async_wait(", "uint4 ld_nc16(", "uint32_t movt(", "void mma1(__half,",
                 "void mma1(__nv_bfloat16,", "float tanh_approx("]
 
