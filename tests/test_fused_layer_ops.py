@@ -1,12 +1,14 @@
-"""The fused norms and gates and the TTT layer's fused q/k conv + rotary step against their float64
-PyTorch references (Triton's interpreter on the CPU)."""
+"""The fused norms and gates and the TTT layer's fused convs (the q/k conv + rotary step, the
+convs over whole prompts) against their float64 PyTorch references (Triton's interpreter on the CPU)."""
 
 import os
 
 import pytest
 import torch
 
-from ttt_kernels.ops.conv_rotary import apply_rotary_ref, qk_conv_rotary_step, qk_conv_rotary_step_ref
+from ttt_kernels.ops.conv_rotary import (apply_rotary_ref, causal_conv1d_prefill, causal_conv1d_prefill_ref,
+                                         qk_conv_rotary_prefill, qk_conv_rotary_prefill_ref, qk_conv_rotary_step,
+                                         qk_conv_rotary_step_ref)
 from ttt_kernels.ops.norm import (add_rms_norm, add_rms_norm_ref, gated_layer_norm, gated_layer_norm_ref, silu_mul,
                                   silu_mul_ref)
 
@@ -142,3 +144,51 @@ def test_qk_conv_rotary_errors(device):
         qk_conv_rotary_step(torch.zeros(B, D, device=device), st.half(), st, w, b, w, b, cos, sin, pos, H)
     with pytest.raises(ValueError, match="positions"):
         qk_conv_rotary_step(torch.zeros(B, D, device=device), st, st, w, b, w, b, cos, sin, pos[:1], H)
+
+
+@pytest.mark.parametrize("dtype", ACT)
+@pytest.mark.parametrize("rotary,f", [(False, 64), (True, 64), (True, 96)], ids=["conv", "qk-rotary", "qk-rotary-f96"])
+def test_conv_prefill(dtype, rotary, f, device, poison_alloc):
+    """Ragged prompts (1 token, fewer than the taps, across the 64-token blocks) from random states
+    and positions: outputs (poisoned first) and the states decode continues from."""
+    B, T, H, KC, period = 4, 70, 2, 4, 16
+    D = H * f
+    lengths = torch.tensor([70, 1, 2, 65], device=device)
+    w1, b1, w2, b2 = (randn(*s, dtype=dtype, device=device, seed=i) * 0.5
+                      for i, s in enumerate([(D, KC), (D,), (D, KC), (D,)]))
+    states = [randn(B, D, KC, dtype=dtype, device=device, seed=10 + i) for i in range(2)]
+    refs = [st.double() for st in states]
+    x = randn(B, T, 3 * D, dtype=dtype, device=device, seed=20)[:, :, D:2 * D]  # a slice, as xqk is
+    if rotary:
+        cos, sin = rotary_tables(f, period, device)
+        pos = torch.tensor([0, 7, 29, 3], device=device)
+        out = qk_conv_rotary_prefill(x, *states, w1, b1, w2, b2, cos, sin, pos, lengths, H)
+        ref = qk_conv_rotary_prefill_ref(x.double(), *refs, w1.double(), b1.double(), w2.double(), b2.double(),
+                                         cos.double(), sin.double(), pos, lengths, H)
+    else:
+        out = [causal_conv1d_prefill(x, states[0], w1, b1, lengths)]
+        ref = [causal_conv1d_prefill_ref(x.double(), refs[0], w1.double(), b1.double(), lengths)]
+    for i, (y, y_ref) in enumerate(zip(out, ref)):
+        assert y.dtype == dtype and y.shape == ((B, T, H, f) if rotary else (B, T, D))
+        assert_close(y, y_ref, TOL[dtype], f"output {i}")
+    for i, (st, st_ref) in enumerate(zip(states[:len(out)], refs)):
+        assert torch.equal(st.double(), st_ref), f"state {i}: the inputs up to each prompt's last token, exactly"
+
+
+def test_conv_prefill_errors(device):
+    B, T, D, KC = 2, 5, 16, 4
+    st = torch.zeros(B, D, KC, device=device)
+    w, b = torch.zeros(D, KC, device=device), torch.zeros(D, device=device)
+    n = torch.full((B,), T, device=device)
+    x = torch.zeros(B, T, D, device=device)
+    with pytest.raises(ValueError, match="state"):
+        causal_conv1d_prefill(x, st[:1], w, b, n)
+    with pytest.raises(TypeError, match="state"):
+        causal_conv1d_prefill(x, st.half(), w, b, n)
+    with pytest.raises(ValueError, match="lengths"):
+        causal_conv1d_prefill(x, st, w, b, n[:1])
+    with pytest.raises(ValueError, match="unit channel stride"):
+        causal_conv1d_prefill(x.transpose(1, 2), st, w, b, n)
+    cos, sin = rotary_tables(8, 16, device)
+    with pytest.raises(ValueError, match="k_weight"):
+        qk_conv_rotary_prefill(x, st, st, w, b, w[:, :2], b, cos, sin, n, n, 2)

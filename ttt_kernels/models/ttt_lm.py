@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from ..modules.mlp import SwiGLU
 from ..modules.norm import RMSNorm
-from ..modules.ttt_layer import TTTLayer, TTTLayerCache, conv_apply_full, conv_prefill_inputs, conv_step
+from ..modules.ttt_layer import TTTLayer, TTTLayerCache, conv_prefill, conv_step
 from ..utils.generation import InferenceCache
 from ._common import RecurrentLM, read_config
 from .config import TTTConfig
@@ -72,7 +72,7 @@ class TTTBlock(nn.Module):
     def prefill(self, hidden, residual, cache: TTTBlockCache, lengths: torch.Tensor):
         fused = self.fused
         h, residual = self.conv_norm(hidden, residual, prenorm=True, fused=fused)
-        h = conv_apply_full(conv_prefill_inputs(h, cache.pre_conv, lengths), self.pre_conv, h.dtype)
+        h = conv_prefill(h, cache.pre_conv, self.pre_conv, lengths, fused=fused)
         h, residual = self.seq_norm(h, residual, prenorm=True, fused=fused)
         h = self.mixer.prefill(h, cache.mixer, lengths)
         h, residual = self.ffn_norm(h, residual, prenorm=True, fused=fused)

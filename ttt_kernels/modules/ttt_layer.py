@@ -28,7 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops.conv_rotary import qk_conv_rotary_step
+from ..ops.conv_rotary import (causal_conv1d_prefill, causal_conv1d_prefill_ref, qk_conv_rotary_prefill,
+                               qk_conv_rotary_prefill_ref, qk_conv_rotary_step)
 from ..ops.mamba import causal_conv1d_update, causal_conv1d_update_ref
 from ..ops.norm import gated_layer_norm, gated_layer_norm_ref
 from ..ops.ttt_state import TTTDualState, TTTPrimalState, inner_net_shapes
@@ -125,20 +126,16 @@ _fused_qk_conv_rotary = torch.compiler.disable(qk_conv_rotary_step)
 _fused_gated_layer_norm = torch.compiler.disable(gated_layer_norm)
 
 
-def conv_prefill_inputs(x: torch.Tensor, state: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """``[B, D, k-1+T]`` (fp32): the inputs the conv sees, the state's then ``x [B, T, D]``'s.
-    Leaves in ``state`` each sequence's last k inputs up to token ``lengths[b] - 1``."""
-    full = torch.cat([state[..., 1:].float(), x.float().transpose(1, 2)], dim=-1)
-    k = state.shape[-1]
-    idx = (lengths - 1).view(-1, 1, 1) + torch.arange(k, device=x.device).view(1, 1, -1)
-    state.copy_(full.gather(-1, idx.expand(-1, full.shape[1], -1)))
-    return full
+def conv_prefill(x: torch.Tensor, state: torch.Tensor, conv: nn.Conv1d, lengths: torch.Tensor,
+                 fused: bool) -> torch.Tensor:
+    """Whole prompts ``x [B, T, D]`` through a causal depthwise conv continuing from ``state``
+    (left holding each sequence's last inputs up to token ``lengths[b] - 1``) -> ``conv + bias``
+    ``[B, T, D]`` in ``x``'s dtype. ``fused``: the Triton kernel of ``ops.conv_rotary``."""
+    fn = _fused_conv_prefill if fused else causal_conv1d_prefill_ref
+    return fn(x, state, conv_weight(conv), conv.bias, lengths)
 
 
-def conv_apply_full(full: torch.Tensor, conv: nn.Conv1d, dtype: torch.dtype) -> torch.Tensor:
-    """Depthwise conv over ``conv_prefill_inputs``' output -> ``[B, T, D]``."""
-    y = F.conv1d(full, conv.weight.float(), conv.bias.float(), groups=full.shape[1])
-    return y.transpose(1, 2).to(dtype)
+_fused_conv_prefill = torch.compiler.disable(causal_conv1d_prefill)
 
 
 # ---------------------------------------------------------------- the mixer
@@ -295,13 +292,14 @@ class TTTLayer(nn.Module):
         lengths_host, lengths, positions, start_phase = prefill_plan(cache.positions, lengths, x.shape[1],
                                                                      self.mini_batch)
         xqk, gate, v, lr = self._project(x)
-        q = self._heads(conv_apply_full(conv_prefill_inputs(xqk, cache.q_conv, lengths), self.conv_q, x.dtype))
-        k = self._heads(conv_apply_full(conv_prefill_inputs(xqk, cache.k_conv, lengths), self.conv_k, x.dtype))
-        q, k, v = self.rotary(q, positions), self.rotary(k, positions), self._heads(v)
+        # both convs and the rotary: with a fused inner net one launch per conv, q and k token-major
+        qk_conv_rotary = qk_conv_rotary_prefill if self.spec.kernel else qk_conv_rotary_prefill_ref
+        q, k = qk_conv_rotary(xqk, cache.q_conv, cache.k_conv, conv_weight(self.conv_q), self.conv_q.bias,
+                              conv_weight(self.conv_k), self.conv_k.bias, self.rotary.cos, self.rotary.sin,
+                              cache.positions, lengths, self.num_heads)
+        v = self._heads(v)
         if self.spec.kernel and self.spec.form == "dual":
-            # the kernel reads each token's heads as one block (the conv leaves q, k channel-major);
             # positions and lengths were checked by prefill_plan: no second host sync
-            q, k = q.contiguous(), k.contiguous()
             z = prefill_kernel(self.spec, q, k, v, cache.ttt)(
                 q, k, v, lr, cache.positions, self.ttt_norm_weight, self.ttt_norm_bias, self.token_idx_bias,
                 cache.ttt, lengths=None if min(lengths_host) == x.shape[1] else lengths, check_positions=False)

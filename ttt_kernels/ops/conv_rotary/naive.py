@@ -1,9 +1,11 @@
-"""PyTorch references for the TTT layer's q/k inputs at decode: the two causal depthwise
-convs of the shared ``xqk`` input, then rotary with the position modulo the TTT mini-batch."""
+"""PyTorch references for the TTT layer's causal depthwise convs (the block's pre-conv and the
+q/k convs of the shared ``xqk`` input) and the rotary with the position modulo the TTT
+mini-batch: one decode step, and whole prompts (prefill)."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..mamba.naive import causal_conv1d_update_ref
 
@@ -30,4 +32,33 @@ def qk_conv_rotary_step_ref(xqk, q_state, k_state, q_weight, q_bias, k_weight, k
     for state, w, b in ((q_state, q_weight, q_bias), (k_state, k_weight, k_bias)):
         y = causal_conv1d_update_ref(xqk, state, w, b, silu=False).to(xqk.dtype)
         out.append(apply_rotary_ref(y.view(B, num_heads, D // num_heads), positions, cos, sin))
+    return out[0], out[1]
+
+
+def causal_conv1d_prefill_ref(x: torch.Tensor, state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                              lengths: torch.Tensor) -> torch.Tensor:
+    """Depthwise causal conv over whole prompts continuing from ``state``: ``x [B, T, D]`` ->
+    ``conv + bias`` ``[B, T, D]`` in ``x``'s dtype (computed in fp32, float64 for float64 input).
+    ``state [B, D, k]`` (the last k inputs, the newest last) is left holding each sequence's
+    last k inputs up to token ``lengths[b] - 1``; ``weight [D, k]``, ``bias [D]``."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    k = state.shape[-1]
+    full = torch.cat([state[..., 1:].to(acc), x.to(acc).transpose(1, 2)], dim=-1)  # [B, D, k-1+T]
+    idx = (lengths - 1).view(-1, 1, 1) + torch.arange(k, device=x.device).view(1, 1, -1)
+    state.copy_(full.gather(-1, idx.expand(-1, full.shape[1], -1)))
+    y = F.conv1d(full, weight.to(acc).unsqueeze(1), bias.to(acc), groups=full.shape[1])
+    return y.transpose(1, 2).to(x.dtype)
+
+
+def qk_conv_rotary_prefill_ref(xqk, q_state, k_state, q_weight, q_bias, k_weight, k_bias, cos, sin, positions,
+                               lengths, num_heads: int):
+    """``xqk [B, T, D]`` -> ``q, k [B, T, H, f]``: each conv over the prompts from its own state
+    (:func:`causal_conv1d_prefill_ref`), rounded to ``xqk``'s dtype, then rotated at the tokens'
+    positions ``positions[b] + t``."""
+    B, T, D = xqk.shape
+    pos = positions.view(B, 1) + torch.arange(T, device=xqk.device)
+    out = []
+    for state, w, b in ((q_state, q_weight, q_bias), (k_state, k_weight, k_bias)):
+        y = causal_conv1d_prefill_ref(xqk, state, w, b, lengths)
+        out.append(apply_rotary_ref(y.view(B, T, num_heads, D // num_heads), pos, cos, sin))
     return out[0], out[1]

@@ -1,0 +1,146 @@
+"""The TTT blocks' causal depthwise convs over whole prompts, one launch per conv: the block's
+pre-conv, and each of the q/k convs of the shared ``xqk`` input with the rotary of its output.
+
+The reference (``naive.causal_conv1d_prefill_ref``) concatenates the state and the prompt in
+fp32 channel-major, runs ``F.conv1d`` and transposes back: on the H100 at B=16, T=4096 that
+was ~20 ms of a TTT-1B layer's 34 ms of prefill (concatenations, the fp32 depthwise conv, casts
+and the rotary's elementwise kernels). Here a program reads its tile of ``x`` in place (any row
+stride: ``xqk`` is a slice of the input projection), the taps before the prompt from the state,
+and writes the result in ``x``'s dtype, token-major, as the TTT kernels read it.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..ttt_state import _check_tensor
+
+
+@triton.jit
+def _conv_tile(x_ptr, stride_xb, stride_xt, cs_ptr, w_ptr, bias_ptr, b, t, tm, d, dm, KC: tl.constexpr):
+    """``conv + bias`` (fp32) at tokens ``t`` and channels ``d`` of sequence ``b``: taps before the
+    prompt come from the state ``cs_ptr [B, dim, KC]`` (its last KC - 1 inputs)."""
+    acc = tl.load(bias_ptr + d, mask=dm, other=0.0).to(tl.float32)[None, :]
+    for i in tl.static_range(KC):
+        tt = t[:, None] + (i - (KC - 1))  # the input this tap reads
+        m = tm[:, None] & dm[None, :]
+        xin = tl.load(x_ptr + b * stride_xb + tt * stride_xt + d[None, :], mask=m & (tt >= 0), other=0.0)
+        old = tl.load(cs_ptr + d[None, :] * KC + (tt + KC), mask=m & (tt < 0), other=0.0)
+        w = tl.load(w_ptr + d * KC + i, mask=dm, other=0.0).to(tl.float32)
+        acc += tl.where(tt >= 0, xin.to(tl.float32), old.to(tl.float32)) * w[None, :]
+    return acc
+
+
+@triton.jit
+def _conv_prefill_kernel(x_ptr, stride_xb, stride_xt, cs_ptr, w_ptr, bias_ptr, len_ptr, out_ptr, T, dim,
+                         cos_ptr, sin_ptr, pos_ptr,
+                         HALF: tl.constexpr, BH: tl.constexpr, BT: tl.constexpr, KC: tl.constexpr,
+                         KP: tl.constexpr, ROTARY: tl.constexpr, PERIOD: tl.constexpr):
+    """Program (b, token block, channel block of 2 HALF channels: with ROTARY one head, whose
+    channel j pairs with j + HALF; BH = HALF rounded up to a power of two)."""
+    b = tl.program_id(0).to(tl.int64)
+    t = tl.program_id(1) * BT + tl.arange(0, BT)
+    tm = t < T
+    j = tl.arange(0, BH)
+    d1 = tl.program_id(2) * (2 * HALF) + j
+    d2 = d1 + HALF
+    dm1, dm2 = (j < HALF) & (d1 < dim), (j < HALF) & (d2 < dim)
+    cs = cs_ptr + b * dim * KC
+    y1 = _conv_tile(x_ptr, stride_xb, stride_xt, cs, w_ptr, bias_ptr, b, t, tm, d1, dm1, KC)
+    y2 = _conv_tile(x_ptr, stride_xb, stride_xt, cs, w_ptr, bias_ptr, b, t, tm, d2, dm2, KC)
+    # rounded to the activation dtype before the rotation, as the unfused layer does
+    y1 = y1.to(out_ptr.dtype.element_ty).to(tl.float32)
+    y2 = y2.to(out_ptr.dtype.element_ty).to(tl.float32)
+    if ROTARY:
+        p = (tl.load(pos_ptr + b) + t) % PERIOD
+        cm = tm[:, None] & (j < HALF)[None, :]
+        c = tl.load(cos_ptr + p[:, None] * HALF + j[None, :], mask=cm, other=0.0)
+        s = tl.load(sin_ptr + p[:, None] * HALF + j[None, :], mask=cm, other=0.0)
+        y1, y2 = y1 * c - y2 * s, y2 * c + y1 * s
+    out = out_ptr + (b * T + t[:, None]) * dim
+    tl.store(out + d1[None, :], y1.to(out_ptr.dtype.element_ty), mask=tm[:, None] & dm1[None, :])
+    tl.store(out + d2[None, :], y2.to(out_ptr.dtype.element_ty), mask=tm[:, None] & dm2[None, :])
+
+    if tl.program_id(1) == 0:
+        # the new state, each sequence's last KC inputs up to token lengths[b] - 1, from the prompt
+        # or (short prompts) the old state; written once every thread of the program has read the
+        # old state (its first tokens' taps above, and these)
+        n = tl.load(len_ptr + b).to(tl.int32)
+        k = tl.arange(0, KP)
+        tt = n - KC + k  # [KP]
+        km = k < KC
+        for half in tl.static_range(2):
+            d = d1 if half == 0 else d2
+            dm = dm1 if half == 0 else dm2
+            m = dm[:, None] & km[None, :]
+            xin = tl.load(x_ptr + b * stride_xb + tt[None, :] * stride_xt + d[:, None], mask=m & (tt[None, :] >= 0),
+                          other=0.0)
+            old = tl.load(cs + d[:, None] * KC + (tt[None, :] + KC), mask=m & (tt[None, :] < 0), other=0.0)
+            new = tl.where(tt[None, :] >= 0, xin.to(cs_ptr.dtype.element_ty), old)
+            tl.debug_barrier()
+            tl.store(cs + d[:, None] * KC + k[None, :], new, mask=m)
+
+
+def _launch(x, state, weight, bias, lengths, out, rotary=None, num_heads=1):
+    B, T, D = x.shape
+    KC = state.shape[-1]
+    if rotary is None:  # channel blocks of 64; the rotary's pointers are not read
+        half, period, (cos, sin, pos) = 32, 1, (x, x, x)
+    else:
+        (cos, sin, pos), half = rotary, D // num_heads // 2
+        period = cos.shape[0]
+    grid = (B, triton.cdiv(T, 64), triton.cdiv(D, 2 * half))
+    _conv_prefill_kernel[grid](x, x.stride(0), x.stride(1), state, weight, bias, lengths, out, T, D, cos, sin, pos,
+                               HALF=half, BH=triton.next_power_of_2(half), BT=64, KC=KC,
+                               KP=triton.next_power_of_2(KC), ROTARY=rotary is not None, PERIOD=period, num_warps=4)
+    return out
+
+
+def _check(x, state, weight, bias, lengths, names=("x", "state", "weight", "bias")):
+    if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.stride(-1) != 1:
+        raise ValueError(f"{names[0]} must be a [B, T, D] tensor with unit channel stride, "
+                         f"got {getattr(x, 'shape', x)}")
+    B, T, D = x.shape
+    KC = state.shape[-1] if isinstance(state, torch.Tensor) else 0
+    _check_tensor(names[0], x, (B, T, D), (torch.float32, torch.float16, torch.bfloat16), x.device, contiguous=False)
+    _check_tensor(names[1], state, (B, D, KC), (x.dtype,), x.device)
+    _check_tensor(names[2], weight, (D, KC), (weight.dtype,) if isinstance(weight, torch.Tensor) else (), x.device)
+    _check_tensor(names[3], bias, (D,), (bias.dtype,) if isinstance(bias, torch.Tensor) else (), x.device)
+    _check_tensor("lengths", lengths, (B,), (torch.int32, torch.int64), x.device)
+    if T * max(x.stride(1), D) >= 2**31:
+        raise ValueError("one sequence of x spans 2**31 elements or more (the kernel's offsets)")
+
+
+def causal_conv1d_prefill(x, state, weight, bias, lengths) -> torch.Tensor:
+    """``x [B, T, D]`` (any row stride) -> ``conv + bias`` ``[B, T, D]`` in ``x``'s dtype, as
+    :func:`~ttt_kernels.ops.conv_rotary.causal_conv1d_prefill_ref`: continues from ``state
+    [B, D, k]`` (``x``'s dtype) and leaves in it each sequence's last k inputs up to token
+    ``lengths[b] - 1`` (each in 1..T, not checked here: a host sync); ``weight [D, k]``, ``bias [D]``."""
+    _check(x, state, weight, bias, lengths)
+    return _launch(x, state, weight, bias, lengths, torch.empty(x.shape, dtype=x.dtype, device=x.device))
+
+
+def qk_conv_rotary_prefill(xqk, q_state, k_state, q_weight, q_bias, k_weight, k_bias, cos, sin, positions, lengths,
+                           num_heads: int):
+    """``xqk [B, T, D]`` -> ``q, k [B, T, H, f]`` in ``xqk``'s dtype: each conv over the prompts
+    from its own state, then the rotary at positions ``positions[b] + t`` modulo the table's
+    length (``cos, sin [period, f/2]`` fp32), as
+    :func:`~ttt_kernels.ops.conv_rotary.qk_conv_rotary_prefill_ref`. Two launches."""
+    _check(xqk, q_state, q_weight, q_bias, lengths, ("xqk", "q_state", "q_weight", "q_bias"))
+    _check(xqk, k_state, k_weight, k_bias, lengths, ("xqk", "k_state", "k_weight", "k_bias"))
+    B, T, D = xqk.shape
+    H = num_heads
+    if D % H or (D // H) % 2:
+        raise ValueError(f"D={D} must split into {H} heads of an even head dim")
+    f = D // H
+    period = cos.shape[0] if isinstance(cos, torch.Tensor) else 0
+    _check_tensor("cos", cos, (period, f // 2), (torch.float32,), xqk.device)
+    _check_tensor("sin", sin, (period, f // 2), (torch.float32,), xqk.device)
+    _check_tensor("positions", positions, (B,), (torch.int32, torch.int64), xqk.device)
+    out = []
+    for state, w, b in ((q_state, q_weight, q_bias), (k_state, k_weight, k_bias)):
+        y = torch.empty(B, T, H, f, dtype=xqk.dtype, device=xqk.device)
+        out.append(_launch(xqk, state, w, b, lengths, y, (cos, sin, positions), H))
+    return out[0], out[1]
