@@ -22,6 +22,9 @@ def run_against_reference(inner_net, B, H, f, state_dtype, act_dtype, pos, steps
     params, ln_w, ln_b, tib = [p.to(device) for p in params], ln_w.to(device), ln_b.to(device), tib.to(device)
     state = random_dual_state(params, B, K, state_dtype, act_dtype, gen=gen)
     ref_state = to_float64(state)  # the reference runs in float64 on the same device
+    stale = torch.arange(K) >= (pos % K)[:, None]  # [B, K]: rows j >= t are not part of the step
+    for cache in (state.k_cache, state.v_cache, state.lr_cache):  # NaN there must not leak
+        cache.masked_fill_(stale.view(B, 1, K, *[1] * (cache.dim() - 3)).to(cache.device), math.nan)
     ln = [x.to(torch.float32) for x in (ln_w, ln_b, tib)]
     pos = pos.to(device)
     tol = TOL[state_dtype] if act_dtype == torch.float32 else max(TOL[state_dtype], TOL[act_dtype])

@@ -124,12 +124,17 @@ def load_minibatch_rows(kc_ptr, vc_ptr, lrc_ptr, bh, t, k, v, lr, cols, cm, F: t
     and the current token at row ``t``; rows ``j > t`` get lr 0, so they contribute nothing."""
     rows = tl.arange(0, K)
     row_off = bh * K * F + rows[:, None] * F + cols[None, :]
-    cached = (rows[:, None] < t) & cm[None, :]
+    # All K rows are loaded whatever t is, so the loads need not wait for the position's load
+    # (t masks them only afterwards); where(), not a product, drops the stale rows j >= t, so
+    # garbage (even NaN) there cannot leak into the step.
+    kc = tl.load(kc_ptr + row_off, mask=cm[None, :], other=0.0).to(tl.float32)
+    vc = tl.load(vc_ptr + row_off, mask=cm[None, :], other=0.0).to(tl.float32)
+    lrc = tl.load(lrc_ptr + bh * K + rows)
+    cached = rows[:, None] < t
     at_t = rows[:, None] == t
-    kr = tl.where(at_t, k[None, :], tl.load(kc_ptr + row_off, mask=cached, other=0.0).to(tl.float32))
-    vr = tl.where(at_t, v[None, :], tl.load(vc_ptr + row_off, mask=cached, other=0.0).to(tl.float32))
-    lrr = tl.load(lrc_ptr + bh * K + rows, mask=rows < t, other=0.0)
-    return kr, vr, tl.where(rows == t, lr, lrr)
+    kr = tl.where(at_t, k[None, :], tl.where(cached, kc, 0.0))
+    vr = tl.where(at_t, v[None, :], tl.where(cached, vc, 0.0))
+    return kr, vr, tl.where(rows == t, lr, tl.where(rows < t, lrc, 0.0))
 
 
 @triton.jit
