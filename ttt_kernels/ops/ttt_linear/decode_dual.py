@@ -59,9 +59,10 @@ def ttt_linear_decode_dual_kernel(
 
 
 def _launch_config(f: int) -> dict:
-    # measured on H100 at f=64, B=512 (benchmarks/results/dual_kernel_tuning.md): 4 warps
-    # with registers capped at 96 lets 5 programs share an SM (105 us vs 115 us uncapped)
-    return {"num_warps": 4, "maxnreg": 96} if f <= 64 else {"num_warps": 8}
+    # f=64 (benchmarks/results/dual_kernel_tuning.md, v6): one warp per (sequence, head), as in
+    # the CUDA kernel, at the compiler's register count: 94 us at B=512 on an H200 where 4 warps
+    # capped at 96 registers (the earlier choice) took 105 and every register cap on 1-2 warps spilled
+    return {"num_warps": 1} if f <= 64 else {"num_warps": 8}
 
 
 def ttt_linear_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state: TTTDualState,
