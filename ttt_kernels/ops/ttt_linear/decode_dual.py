@@ -59,10 +59,15 @@ def ttt_linear_decode_dual_kernel(
 
 
 def _launch_config(f: int) -> dict:
-    # f=64 (benchmarks/results/dual_kernel_tuning.md, v6): one warp per (sequence, head), as in
-    # the CUDA kernel, at the compiler's register count: 94 us at B=512 on an H200 where 4 warps
-    # capped at 96 registers (the earlier choice) took 105 and every register cap on 1-2 warps spilled
-    return {"num_warps": 1} if f <= 64 else {"num_warps": 8}
+    # Measured at B=512 on an H200 (benchmarks/results/dual_kernel_tuning.md, v6), the fastest of
+    # 1/2/4/8 warps with and without a register cap. f=64: one warp per (sequence, head), as in the
+    # CUDA kernel (94 us; 4 warps capped at 96 registers, the earlier choice, 105). f=96 (a 128-wide
+    # block): 2 warps (127 us; 8 warps 149). f=128: 8 warps capped at 128 registers (157 us; uncapped 222).
+    if f <= 64:
+        return {"num_warps": 1}
+    if f <= 96:
+        return {"num_warps": 2}
+    return {"num_warps": 8, "maxnreg": 128}
 
 
 def ttt_linear_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state: TTTDualState,
