@@ -7,25 +7,30 @@ decoding, random weights).
     python benchmarks/benchmark_prefill_decode.py --model-name mamba-1.4b --batch 64 256 512 1024
     python benchmarks/benchmark_prefill_decode.py --model-name ttt-1b mamba-1.4b \\
         --inner_net mlp_1_dual_triton mlp_2_dual_triton --batch 64 128 256 512 1024 2048 --json --plot
+    python benchmarks/benchmark_prefill_decode.py --model-name ttt-1b --mode prefill --inner_net mlp_1_dual_triton \\
+        --batch 1 4 16 --promptlen 512 4096 32768 --json
     python benchmarks/benchmark_prefill_decode.py --model-name ttt-profile --batch 512 --genlen 32 --profile
     python benchmarks/benchmark_prefill_decode.py --device cpu --model-name ttt-tiny --batch 2 --genlen 20
 
-Decode: the prompt (``--promptlen`` random tokens) is prefilled untimed, the decode step is
-warmed up and captured in a CUDA graph (unless ``--no_cg``), then ``--genlen`` greedy steps
-are timed (synchronised), ``--repeats`` times, each continuing the same sequences; the
-median counts. Throughput counts generated tokens only: total tok/s = batch * genlen /
+Decode: the prompt (``--promptlen`` random tokens) is prefilled (timed as for ``--mode prefill``
+when longer than one token: the ``prefill tok/s`` column), the decode step is warmed up and
+captured in a CUDA graph (unless ``--no_cg``), then ``--genlen`` greedy steps are timed
+(synchronised), ``--repeats`` times, each continuing the same sequences; the median counts.
+Throughput counts generated tokens only: total tok/s = batch * genlen /
 decode_s, per-stream tok/s = genlen / decode_s. ``roofline %`` = (bytes a step must move /
 3.0 TB/s) / measured step time, the bytes being each layer's TTT weights read once per
 (sequence, head) plus q, k, v, out, the mini-batch-end weight write amortised over 16
 steps, and the model's weights; for Mamba, each layer's conv and SSM states read and
 written (13.5 MiB per sequence for mamba-1.4b with its fp32 SSM state, so 28.3 MB moved
 per sequence and step), x, z and y, and the weights. Prefill: ``--promptlen`` tokens
-per sequence from a fresh cache, timed the same way (the TTT layers of the fused inner
+per sequence from a fresh cache, timed the same way after one untimed warm-up (the TTT layers of the fused inner
 nets prefill with the chunked kernels of ``ops/ttt_*/chunk.py``, ``mlp_2_dual_cuda`` with the
 CUDA one of ``ops/ttt_mlp/chunk_cuda.py`` where it fits; Mamba prefills with the reference scan).
 
 Several ``--model-name`` values run one after the other, each ``ttt-*`` model with every
-``--inner_net`` (other families have none). The state dtype defaults to each model's own:
+``--inner_net`` (other families have none). ``--batch`` and ``--promptlen`` take several values
+to sweep; with several prompt lengths each run's label ends in ``T=<promptlen>``, so the max
+stable batch and the plot's lines are per prompt length. The state dtype defaults to each model's own:
 the activation dtype for TTT, fp32 for Mamba's SSM state.
 
 A batch that runs out of GPU memory is reported as ``oom`` and the sweep goes on; each
@@ -83,7 +88,7 @@ def parse_args(argv=None):
     p.add_argument("--state_dtype", choices=DTYPES, default=None,
                    help="recurrent state (default: the model's: --dtype for TTT, fp32 for Mamba)")
     p.add_argument("--batch", type=int, nargs="+", default=[64], help="one value, or several to sweep")
-    p.add_argument("--promptlen", type=int, default=1)
+    p.add_argument("--promptlen", type=int, nargs="+", default=[1], help="one value, or several to sweep")
     p.add_argument("--genlen", type=int, default=512)
     p.add_argument("--repeats", type=int, default=None, help="timed repeats, median reported (3; CPU 1)")
     p.add_argument("--use_compile", action="store_true", help="torch.compile the decode step (kernels excluded)")
@@ -101,7 +106,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.repeats is None:
         args.repeats = 1 if args.device == "cpu" else 3
-    if min(args.batch) < 1 or args.promptlen < 1 or args.genlen < 1:
+    if min(args.batch) < 1 or min(args.promptlen) < 1 or args.genlen < 1:
         p.error("--batch, --promptlen and --genlen must be >= 1")
     return args
 
@@ -181,32 +186,37 @@ def profile_to(path_stem: Path, fn, device):
     return str(path_stem) + ".json"
 
 
-def run_one(model, args, batch, label, device, state_dtype, logdir: Path) -> dict:
-    """One (run, batch) measurement; raises on OOM (the caller reports it)."""
+def time_prefill(model, prompt, cache, repeats: int, device) -> float:
+    """Median seconds of a whole-prompt prefill from a fresh cache over ``repeats``, after one
+    untimed warm-up (kernel compilation, GEMM algorithm choice)."""
+    times = []
+    for _ in range(repeats + 1):
+        cache.reset()  # outside the timed region
+        times.append(timed(lambda: model.prefill(prompt, cache), device))
+    return statistics.median(times[1:])
+
+
+def run_one(model, args, batch, promptlen, label, device, state_dtype, logdir: Path) -> dict:
+    """One (run, batch, prompt length) measurement; raises on OOM (the caller reports it)."""
     import torch
 
     from ttt_kernels.utils.generation import DecodeStep
 
-    row = {"run": label, "batch": batch}
+    row = {"run": label, "batch": batch, "promptlen": promptlen}
     g = torch.Generator(device=device).manual_seed(args.seed)
-    prompt = torch.randint(0, model.config.vocab_size, (batch, args.promptlen), generator=g, device=device)
+    prompt = torch.randint(0, model.config.vocab_size, (batch, promptlen), generator=g, device=device)
     cache = model.allocate_inference_cache(batch, state_dtype=state_dtype)
     row["state_gib_per_seq"] = cache.nbytes() / batch / 2**30
-    trace_stem = logdir / f"trace_{label.replace(' ', '_')}_b{batch}"
+    trace_stem = logdir / f"trace_{label.replace(' ', '_').replace('=', '')}_b{batch}"
 
+    if args.mode == "prefill" or promptlen > 1:
+        secs = time_prefill(model, prompt, cache, args.repeats, device)
+        row.update(prefill_s=secs, prefill_tok_s=batch * promptlen / secs)
     if args.mode == "prefill":
-        def prefill():
-            model.prefill(prompt, cache)
-        times = []
-        for _ in range(args.repeats + 1):  # the first is a warm-up (kernel compilation, GEMM algorithm choice)
-            cache.reset()  # a fresh cache each time, refilled outside the timed region
-            times.append(timed(prefill, device))
-        times = times[1:]
-        secs = statistics.median(times)
-        row.update(prefill_s=secs, total_tok_s=batch * args.promptlen / secs, per_stream_tok_s=args.promptlen / secs)
+        row.update(total_tok_s=row["prefill_tok_s"], per_stream_tok_s=promptlen / secs)
         if args.profile:
             cache.reset()
-            row["trace"] = profile_to(trace_stem, prefill, device)
+            row["trace"] = profile_to(trace_stem, lambda: model.prefill(prompt, cache), device)
         return row
 
     cg = not args.no_cg and device.type == "cuda"
@@ -331,7 +341,8 @@ def main(argv=None) -> int:
         setattr(torch._dynamo.config, key, max(64, getattr(torch._dynamo.config, key)))
 
     rows, model, loaded = [], None, None
-    progress = Progress(len(runs) * len(args.batch))
+    promptlens = sorted(set(args.promptlen))
+    progress = Progress(len(runs) * len(args.batch) * len(promptlens))
     for name, variant in runs:
         if model is not None and name == loaded and variant is not None:
             try:
@@ -344,17 +355,19 @@ def main(argv=None) -> int:
             free_memory()
             kw = {"inner_net": variant} if variant is not None else {}
             model, loaded = model_class(name).from_name(name, device=device, dtype=dtype, **kw), name
-        label = " ".join(x for x in (name, variant, mode_tag) if x)
-        for batch in sorted(args.batch):
+        for promptlen, batch in ((t, b) for t in promptlens for b in sorted(args.batch)):
+            label = " ".join(x for x in (name, variant, mode_tag) if x)
+            if len(promptlens) > 1:
+                label += f" T={promptlen}"
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             try:
-                row = run_one(model, args, batch, label, device, state_dtype, logdir)
+                row = run_one(model, args, batch, promptlen, label, device, state_dtype, logdir)
                 row["status"] = "ok" if device.type == "cuda" else "ok (cpu)"
             except Exception as e:  # only out-of-memory is reported and survived
                 if not is_oom(e):
                     raise
-                row = {"run": label, "batch": batch, "status": "oom"}
+                row = {"run": label, "batch": batch, "promptlen": promptlen, "status": "oom"}
             free_memory()
             if device.type == "cuda":
                 row["mem_used_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -365,10 +378,15 @@ def main(argv=None) -> int:
     free_memory()
 
     time_col = ("prefill_s", "prefill_s") if args.mode == "prefill" else ("decode_s", "decode_s")
-    columns = [("run", "run"), ("batch", "batch"), ("total_tok_s", "total tok/s"),
-               ("per_stream_tok_s", "per-stream tok/s"), time_col, ("mem_used_gib", "mem_used_gib")]
+    columns = [("run", "run"), ("batch", "batch")]
+    if args.mode == "prefill" or len(promptlens) > 1:
+        columns.append(("promptlen", "promptlen"))
+    columns += [("total_tok_s", "total tok/s"), ("per_stream_tok_s", "per-stream tok/s"), time_col,
+                ("mem_used_gib", "mem_used_gib")]
     if args.mode == "decode":
         columns += [("step_ms", "step ms"), ("roofline_pct", "roofline %")]
+        if any("prefill_s" in r for r in rows):  # the prompt's prefill, measured before the decode
+            columns += [("prefill_s", "prefill_s"), ("prefill_tok_s", "prefill tok/s")]
     columns.append(("status", "status"))
     table = markdown_table(rows, columns, fmt=".4g")
     summary = []
@@ -380,7 +398,7 @@ def main(argv=None) -> int:
     models = " + ".join(args.model_name)
     header = (f"{models} {args.mode} dtype={args.dtype} "
               f"state_dtype={args.state_dtype or 'per model (TTT: --dtype, Mamba: fp32)'} "
-              f"promptlen={args.promptlen} genlen={args.genlen} repeats={args.repeats} "
+              f"promptlen={' '.join(map(str, promptlens))} genlen={args.genlen} repeats={args.repeats} "
               f"cg={not args.no_cg and device.type == 'cuda'} compile={args.use_compile} device={args.device}")
     if device.type == "cpu":
         header += f"\n** {CPU_NOTE} **"
@@ -393,6 +411,8 @@ def main(argv=None) -> int:
     log.write_text(" ".join(["python", *sys.argv]) + "\n\n" + text + "\n")
     print(f"log: {log}")
     batches = f"b{min(args.batch)}" + (f"-{max(args.batch)}" if len(args.batch) > 1 else "")
+    if len(promptlens) > 1:
+        batches += f"_t{promptlens[0]}-{promptlens[-1]}"
     name = args.name or "_".join([args.mode, tag, "+".join(variants) or "model", args.dtype,
                                   mode_tag.replace("+", "_"), batches])
     if args.json:
@@ -402,8 +422,8 @@ def main(argv=None) -> int:
         print(f"results: {write_results(name, rows, extra=extra, results_dir=args.results_dir)}")
     if args.plot:
         where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU: {CPU_NOTE}"
-        title = (f"{args.mode}: {models}, {args.dtype}, promptlen {args.promptlen}, genlen {args.genlen}, "
-                 f"{mode_tag}\n{where}")
+        lengths = " ".join(map(str, promptlens))
+        title = f"{args.mode}: {models}, {args.dtype}, promptlen {lengths}, genlen {args.genlen}, {mode_tag}\n{where}"
         print(f"plot: {plot_throughput(rows, args.results_dir / f'{name}.png', title)}")
     return 0
 

@@ -35,10 +35,16 @@ def test_decode_benchmark_cpu_smoke(tmp_path):
 
 
 def test_prefill_benchmark_and_parity_cpu_smoke(tmp_path):
+    # a sweep over batch and prompt length: a row each, the max stable batch per prompt length
     r = run("benchmark_prefill_decode.py", "--device", "cpu", "--model-name", "ttt-tiny", "--mode", "prefill",
-            "--batch", "1", "2", "--promptlen", "18", "--inner_net", "mlp_1_dual", "--logdir", tmp_path)
+            "--batch", "1", "2", "--promptlen", "18", "5", "--inner_net", "mlp_1_dual", "--logdir", tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "| prefill_s |" in r.stdout and r.stdout.count("| ok (cpu) |") == 2
+    assert "| run | batch | promptlen | total tok/s | per-stream tok/s | prefill_s |" in r.stdout
+    assert r.stdout.count("| ok (cpu) |") == 4
+    for t in (5, 18):
+        assert f"ttt-tiny mlp_1_dual prefill T={t}: max stable batch 2" in r.stdout
+        for b in (1, 2):
+            assert f"| ttt-tiny mlp_1_dual prefill T={t} | {b} | {t} |" in r.stdout
     p = run("parity.py", "--device", "cpu", "--model-name", "ttt-tiny", "--batch", "2", "--genlen", "6",
             "--inner_net", "mlp_2_primal")
     assert p.returncode == 0, p.stderr
@@ -99,10 +105,11 @@ def test_mamba_next_to_ttt_cpu_smoke(tmp_path):
     """Several --model-name values in one run, the Mamba family among them: inner nets apply to
     the TTT model only, every run gets its table row, max stable batch and JSON rows."""
     r = run("benchmark_prefill_decode.py", "--device", "cpu", "--model-name", "ttt-tiny", "mamba-tiny",
-            "--inner_net", "mlp_1_dual", "--batch", "1", "2", "--genlen", "4", "--logdir", tmp_path,
-            "--json", "--results_dir", tmp_path)
+            "--inner_net", "mlp_1_dual", "--batch", "1", "2", "--genlen", "4", "--promptlen", "3", "--logdir",
+            tmp_path, "--json", "--results_dir", tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("ttt-tiny + mamba-tiny decode")
+    assert "| prefill_s | prefill tok/s | status |" in r.stdout  # a prompt: its prefill is timed too
     for label in ("ttt-tiny mlp_1_dual eager", "mamba-tiny eager"):
         assert f"{label}: max stable batch 2" in r.stdout
         for b in (1, 2):
