@@ -131,11 +131,8 @@ def conv_prefill(x: torch.Tensor, state: torch.Tensor, conv: nn.Conv1d, lengths:
     """Whole prompts ``x [B, T, D]`` through a causal depthwise conv continuing from ``state``
     (left holding each sequence's last inputs up to token ``lengths[b] - 1``) -> ``conv + bias``
     ``[B, T, D]`` in ``x``'s dtype. ``fused``: the Triton kernel of ``ops.conv_rotary``."""
-    fn = _fused_conv_prefill if fused else causal_conv1d_prefill_ref
+    fn = causal_conv1d_prefill if fused else causal_conv1d_prefill_ref
     return fn(x, state, conv_weight(conv), conv.bias, lengths)
-
-
-_fused_conv_prefill = torch.compiler.disable(causal_conv1d_prefill)
 
 
 # ---------------------------------------------------------------- the mixer
