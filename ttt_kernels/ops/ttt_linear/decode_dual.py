@@ -12,8 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import (dot_config, layer_norm_rows, ln_l2_grad_rows, load_minibatch_rows,
-                            load_token, store_cache_row, vec_mat)
+from ..triton_utils import (as_row0, dot_config, dual_row, layer_norm_rows, ln_l2_grad_rows, load_minibatch_rows,
+                            load_token, store_cache_row)
 from ..ttt_state import TTTDualState, check_decode_args
 
 
@@ -44,7 +44,8 @@ def ttt_linear_decode_dual_kernel(
     G = ln_l2_grad_rows(Z, vr - kr, gamma, beta, cm, F) * lrr[:, None]
 
     attn = tl.sum(kr * q[None, :], axis=1) + 1.0  # q.k_j + 1
-    z_bar = vec_mat(q, W, K, DOT_DTYPE, DOT_PREC) + b - eta * tl.sum(attn[:, None] * G, axis=0)
+    ZQ = tl.dot(as_row0(q, K, DOT_DTYPE), W.to(DOT_DTYPE), input_precision=DOT_PREC)  # q W in row 0
+    z_bar = dual_row(ZQ, attn, G, eta, K) + b
     out = q[None, :] + layer_norm_rows(z_bar[None, :], gamma, beta, cm, F)
     tl.store(out_ptr + bh * F + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=cm[None, :])
 

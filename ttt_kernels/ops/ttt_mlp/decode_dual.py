@@ -21,8 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import (dot_config, fast_tanh, gelu_tanh, gelu_tanh_and_grad, layer_norm_rows,
-                            ln_l2_grad_rows, load_minibatch_rows, load_token, store_cache_row, vec_mat)
+from ..triton_utils import (as_row0, dot_config, dual_row, fast_tanh, gelu_tanh, gelu_tanh_and_grad, layer_norm_rows,
+                            ln_l2_grad_rows, load_minibatch_rows, load_token, store_cache_row)
 from ..ttt_state import TTTDualState, check_decode_args
 
 
@@ -38,18 +38,20 @@ def _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, c0, cols, cm, F: tl.constexpr, FH: t
 
 
 @triton.jit
-def _dual_chunk(W1_ptr, b1_ptr, W2_ptr, zq1, b1, W2, X2, GP, G2, kr, attn1, eta, is_last, bh, c0, cols, cm,
-                F: tl.constexpr, FH: tl.constexpr, BH: tl.constexpr, K: tl.constexpr,
+def _dual_chunk(W1_ptr, b1_ptr, W2_ptr, ZQ1, b1, W2, X2, GP, G2, kr, attn1, eta, is_last, XW, XX, bh, c0, cols,
+                cm, F: tl.constexpr, FH: tl.constexpr, BH: tl.constexpr, K: tl.constexpr,
                 DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr, FAST_TANH: tl.constexpr):
     """One hidden chunk of the output path (and of the update at the mini-batch end);
-    ``zq1 = q W1 + b1`` of the chunk, ``X2, GP`` its ``gelu(Z1), gelu'(Z1)``. Returns this
-    chunk's share of ``x2_bar W2`` and of ``x2_bar . x2_j`` per row.
+    ``ZQ1`` the product of ``as_row0(q)`` and the chunk of ``W1``, ``X2, GP`` its
+    ``gelu(Z1), gelu'(Z1)``. Adds this
+    chunk's share of ``x2_bar W2`` (row 0 of ``XW``) and of ``x2_bar . x2_j`` (the rows of
+    ``XX`` summed) to those tiles: they are reduced once, after the last chunk.
     """
     G1 = tl.dot(G2.to(DOT_DTYPE), tl.trans(W2.to(DOT_DTYPE)), input_precision=DOT_PREC) * GP
-    z1_bar = zq1 - eta * tl.sum(attn1[:, None] * G1, axis=0)
+    z1_bar = dual_row(ZQ1, attn1, G1, eta, K) + b1
     x2_bar = gelu_tanh(z1_bar, FAST_TANH)
-    xw = vec_mat(x2_bar, W2, K, DOT_DTYPE, DOT_PREC)
-    xx = tl.sum(X2 * x2_bar[None, :], axis=1)
+    XW = tl.dot(as_row0(x2_bar, K, DOT_DTYPE), W2.to(DOT_DTYPE), acc=XW, input_precision=DOT_PREC)
+    XX += X2 * x2_bar[None, :]
     if is_last:  # the weights are read again here (from L2) rather than kept live in registers
         hid = c0 + tl.arange(0, BH)
         hm = hid < FH
@@ -64,7 +66,7 @@ def _dual_chunk(W1_ptr, b1_ptr, W2_ptr, zq1, b1, W2, X2, GP, G2, kr, attn1, eta,
         W2_0 = tl.load(W2_ptr + w2_off, mask=w2_mask, other=0.0).to(tl.float32)
         W2_new = tl.dot(tl.trans(X2).to(DOT_DTYPE), (-eta * G2).to(DOT_DTYPE), acc=W2_0, input_precision=DOT_PREC)
         tl.store(W2_ptr + w2_off, W2_new.to(W2_ptr.dtype.element_ty), mask=w2_mask)
-    return xw, xx
+    return XW, XX
 
 
 @triton.jit
@@ -96,19 +98,18 @@ def ttt_mlp_decode_dual_kernel(
         Z2 += tl.dot(X2.to(DOT_DTYPE), W2.to(DOT_DTYPE), input_precision=DOT_PREC)
     G2 = ln_l2_grad_rows(Z2, vr - kr, gamma, beta, cm, F) * lrr[:, None]
     # pass 2, chunk by chunk: g1, the output path and (at the mini-batch end) the update
-    xw = tl.zeros((BF,), dtype=tl.float32)
-    xx = tl.zeros((K,), dtype=tl.float32)
+    XW = tl.zeros((K, BF), dtype=tl.float32)
+    XX = tl.zeros((K, BH), dtype=tl.float32)
     for c0 in range(0, FH, BH):
         W1, b1, W2 = _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, c0, cols, cm, F, FH, BH)
-        zq1 = vec_mat(q, W1, K, DOT_DTYPE, DOT_PREC) + b1
+        ZQ1 = tl.dot(as_row0(q, K, DOT_DTYPE), W1.to(DOT_DTYPE), input_precision=DOT_PREC)
         Z1 = tl.dot(kd, W1.to(DOT_DTYPE), input_precision=DOT_PREC) + b1[None, :]
         X2, GP = gelu_tanh_and_grad(Z1, FAST_TANH)
-        xw_c, xx_c = _dual_chunk(W1_ptr, b1_ptr, W2_ptr, zq1, b1, W2, X2, GP, G2, kr, attn1, eta, is_last,
-                                 bh, c0, cols, cm, F, FH, BH, K, DOT_DTYPE, DOT_PREC, FAST_TANH)
-        xw += xw_c
-        xx += xx_c
+        XW, XX = _dual_chunk(W1_ptr, b1_ptr, W2_ptr, ZQ1, b1, W2, X2, GP, G2, kr, attn1, eta, is_last, XW, XX,
+                             bh, c0, cols, cm, F, FH, BH, K, DOT_DTYPE, DOT_PREC, FAST_TANH)
 
-    z2_bar = xw + b2 - eta * tl.sum((xx + 1.0)[:, None] * G2, axis=0)
+    xx = tl.sum(XX, axis=1)
+    z2_bar = dual_row(XW, xx + 1.0, G2, eta, K) + b2
     out = q[None, :] + layer_norm_rows(z2_bar[None, :], gamma, beta, cm, F)
     tl.store(out_ptr + bh * F + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=cm[None, :])
 
