@@ -138,11 +138,11 @@ def load_minibatch_rows(kc_ptr, vc_ptr, lrc_ptr, bh, t, k, v, lr, cols, cm, F: t
     kc = tl.load(kc_ptr + row_off, mask=cm[None, :], other=0.0).to(tl.float32)
     vc = tl.load(vc_ptr + row_off, mask=cm[None, :], other=0.0).to(tl.float32)
     lrc = tl.load(lrc_ptr + bh * K + rows)
-    cached = rows[:, None] < t
-    at_t = rows[:, None] == t
-    kr = tl.where(at_t, k[None, :], tl.where(cached, kc, 0.0))
-    vr = tl.where(at_t, v[None, :], tl.where(cached, vc, 0.0))
-    return kr, vr, tl.where(rows == t, lr, tl.where(rows < t, lrc, 0.0))
+    cached = rows < t
+    at_t = rows == t
+    kr = tl.where(at_t[:, None], k[None, :], tl.where(cached[:, None], kc, 0.0))
+    vr = tl.where(at_t[:, None], v[None, :], tl.where(cached[:, None], vc, 0.0))
+    return kr, vr, tl.where(at_t, lr, tl.where(cached, lrc, 0.0))
 
 
 @triton.jit
