@@ -42,10 +42,10 @@ def _dual_chunk(W1_ptr, b1_ptr, W2_ptr, ZQ1, b1, W2, X2, GP, G2, kr, attn1, eta,
                 cm, F: tl.constexpr, FH: tl.constexpr, BH: tl.constexpr, K: tl.constexpr,
                 DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr, FAST_TANH: tl.constexpr):
     """One hidden chunk of the output path (and of the update at the mini-batch end);
-    ``ZQ1`` the product of ``as_row0(q)`` and the chunk of ``W1``, ``X2, GP`` its
-    ``gelu(Z1), gelu'(Z1)``. Adds this
-    chunk's share of ``x2_bar W2`` (row 0 of ``XW``) and of ``x2_bar . x2_j`` (the rows of
-    ``XX`` summed) to those tiles: they are reduced once, after the last chunk.
+    ``ZQ1`` the product of ``as_row0(q)`` and the chunk of ``W1``, ``X2, GP`` its ``gelu(Z1),
+    gelu'(Z1)``. Adds the chunk's share of ``x2_bar W2`` (row 0 of ``XW``) and of
+    ``x2_bar . x2_j`` (the rows of ``XX`` summed) to those tiles, which are reduced once,
+    after the last chunk: a sum per chunk would add its barriers to every chunk's chain.
     """
     G1 = tl.dot(G2.to(DOT_DTYPE), tl.trans(W2.to(DOT_DTYPE)), input_precision=DOT_PREC) * GP
     z1_bar = dual_row(ZQ1, attn1, G1, eta, K) + b1
