@@ -98,16 +98,20 @@ def _launch(x, state, weight, bias, lengths, out, rotary=None, num_heads=1):
     return out
 
 
-def _check(x, state, weight, bias, lengths, names=("x", "state", "weight", "bias")):
+def _check(x, lengths, convs, x_name="x"):
+    """``x`` and ``lengths`` once, then each conv's ``(state, weight, bias, prefix)`` (names
+    ``<prefix>state`` etc.)."""
     if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.stride(-1) != 1:
-        raise ValueError(f"{names[0]} must be a [B, T, D] tensor with unit channel stride, "
+        raise ValueError(f"{x_name} must be a [B, T, D] tensor with unit channel stride, "
                          f"got {getattr(x, 'shape', x)}")
     B, T, D = x.shape
-    KC = state.shape[-1] if isinstance(state, torch.Tensor) else 0
-    _check_tensor(names[0], x, (B, T, D), (torch.float32, torch.float16, torch.bfloat16), x.device, contiguous=False)
-    _check_tensor(names[1], state, (B, D, KC), (x.dtype,), x.device)
-    _check_tensor(names[2], weight, (D, KC), (weight.dtype,) if isinstance(weight, torch.Tensor) else (), x.device)
-    _check_tensor(names[3], bias, (D,), (bias.dtype,) if isinstance(bias, torch.Tensor) else (), x.device)
+    _check_tensor(x_name, x, (B, T, D), (torch.float32, torch.float16, torch.bfloat16), x.device, contiguous=False)
+    for state, weight, bias, prefix in convs:
+        KC = state.shape[-1] if isinstance(state, torch.Tensor) else 0
+        _check_tensor(prefix + "state", state, (B, D, KC), (x.dtype,), x.device)
+        _check_tensor(prefix + "weight", weight, (D, KC), (weight.dtype,) if isinstance(weight, torch.Tensor) else (),
+                      x.device)
+        _check_tensor(prefix + "bias", bias, (D,), (bias.dtype,) if isinstance(bias, torch.Tensor) else (), x.device)
     _check_tensor("lengths", lengths, (B,), (torch.int32, torch.int64), x.device)
     if T * max(x.stride(1), D) >= 2**31:
         raise ValueError("one sequence of x spans 2**31 elements or more (the kernel's offsets)")
@@ -118,7 +122,7 @@ def causal_conv1d_prefill(x, state, weight, bias, lengths) -> torch.Tensor:
     :func:`~ttt_kernels.ops.conv_rotary.causal_conv1d_prefill_ref`: continues from ``state
     [B, D, k]`` (``x``'s dtype) and leaves in it each sequence's last k inputs up to token
     ``lengths[b] - 1`` (each in 1..T, not checked here: a host sync); ``weight [D, k]``, ``bias [D]``."""
-    _check(x, state, weight, bias, lengths)
+    _check(x, lengths, [(state, weight, bias, "")])
     return _launch(x, state, weight, bias, lengths, torch.empty(x.shape, dtype=x.dtype, device=x.device))
 
 
@@ -128,8 +132,7 @@ def qk_conv_rotary_prefill(xqk, q_state, k_state, q_weight, q_bias, k_weight, k_
     from its own state, then the rotary at positions ``positions[b] + t`` modulo the table's
     length (``cos, sin [period, f/2]`` fp32), as
     :func:`~ttt_kernels.ops.conv_rotary.qk_conv_rotary_prefill_ref`. Two launches."""
-    _check(xqk, q_state, q_weight, q_bias, lengths, ("xqk", "q_state", "q_weight", "q_bias"))
-    _check(xqk, k_state, k_weight, k_bias, lengths, ("xqk", "k_state", "k_weight", "k_bias"))
+    _check(xqk, lengths, [(q_state, q_weight, q_bias, "q_"), (k_state, k_weight, k_bias, "k_")], "xqk")
     B, T, D = xqk.shape
     H = num_heads
     if D % H or (D // H) % 2:
