@@ -17,15 +17,17 @@ when longer than one token: the ``prefill tok/s`` column), the decode step is wa
 captured in a CUDA graph (unless ``--no_cg``), then ``--genlen`` greedy steps are timed
 (synchronised), ``--repeats`` times, each continuing the same sequences; the median counts.
 Throughput counts generated tokens only: total tok/s = batch * genlen /
-decode_s, per-stream tok/s = genlen / decode_s. ``roofline %`` = (bytes a step must move /
-3.0 TB/s) / measured step time, the bytes being each layer's TTT weights read once per
-(sequence, head) plus q, k, v, out, the mini-batch-end weight write amortised over 16
-steps, and the model's weights; for Mamba, each layer's conv and SSM states read and
-written (13.5 MiB per sequence for mamba-1.4b with its fp32 SSM state, so 28.3 MB moved
-per sequence and step), x, z and y, and the weights. Prefill: ``--promptlen`` tokens
-per sequence from a fresh cache, timed the same way after one untimed warm-up (the TTT layers of the fused inner
-nets prefill with the chunked kernels of ``ops/ttt_*/chunk.py``, ``mlp_2_dual_cuda`` with the
-CUDA one of ``ops/ttt_mlp/chunk_cuda.py`` where it fits; Mamba prefills with the reference scan).
+decode_s, per-stream tok/s = genlen / decode_s. ``roofline %`` = (bytes a step must move / the
+bandwidth) / measured step time, the bandwidth being this GPU's measured device-to-device
+copy rate (an H100's is ~3.0 TB/s, the issues' figure) or ``--bandwidth`` TB/s, the bytes
+being each layer's TTT weights read once per (sequence, head) plus q, k, v, out, the
+mini-batch-end weight write amortised over 16 steps, and the model's weights; for Mamba,
+each layer's conv and SSM states read and written (13.5 MiB per sequence for mamba-1.4b with
+its fp32 SSM state, so 28.3 MB moved per sequence and step), x, z and y, and the weights.
+Prefill: ``--promptlen`` tokens per sequence from a fresh cache, timed the same way after
+one untimed warm-up (the TTT layers of the fused inner nets prefill with the chunked kernels
+of ``ops/ttt_*/chunk.py``, ``mlp_2_dual_cuda`` with the CUDA one of
+``ops/ttt_mlp/chunk_cuda.py`` where it fits; Mamba prefills with the reference scan).
 
 Several ``--model-name`` values run one after the other, each ``ttt-*`` model with every
 ``--inner_net`` (other families have none). ``--batch`` and ``--promptlen`` take several values
@@ -101,6 +103,8 @@ def parse_args(argv=None):
                    help="write <results_dir>/<name>.png: total tok/s over batch, a line per run (needs matplotlib)")
     p.add_argument("--name", default=None, help="results file name (default from models, mode, dtype, cg)")
     p.add_argument("--results_dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--bandwidth", type=float, default=None, metavar="TB/s",
+                   help="the roofline's bandwidth (default: this GPU's measured device-to-device copy rate)")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -196,8 +200,9 @@ def time_prefill(model, prompt, cache, repeats: int, device) -> float:
     return statistics.median(times[1:])
 
 
-def run_one(model, args, batch, promptlen, label, device, state_dtype, logdir: Path) -> dict:
-    """One (run, batch, prompt length) measurement; raises on OOM (the caller reports it)."""
+def run_one(model, args, batch, promptlen, label, device, state_dtype, logdir: Path, bandwidth) -> dict:
+    """One (run, batch, prompt length) measurement; raises on OOM (the caller reports it).
+    ``bandwidth``: bytes per second of the roofline (None on the CPU)."""
     import torch
 
     from ttt_kernels.utils.generation import DecodeStep
@@ -231,11 +236,10 @@ def run_one(model, args, batch, promptlen, label, device, state_dtype, logdir: P
     row.update(decode_s=secs, total_tok_s=batch * args.genlen / secs, per_stream_tok_s=args.genlen / secs,
                step_ms=1e3 * secs / args.genlen, repeats_s=times)
     if hasattr(model, "decode_bytes_per_step"):
-        from ttt_kernels.utils.benchmarking import HBM_BYTES_PER_S
         nbytes = model.decode_bytes_per_step(batch, state_dtype)
         row["bytes_per_step_gb"] = nbytes / 1e9
-        if device.type == "cuda":
-            row["roofline_pct"] = 100 * (nbytes / HBM_BYTES_PER_S) / (secs / args.genlen)
+        if bandwidth:
+            row["roofline_pct"] = 100 * (nbytes / bandwidth) / (secs / args.genlen)
     if args.profile:
         row["trace"] = profile_to(trace_stem, lambda: decode(args.profile_steps), device)
     return row
@@ -318,9 +322,11 @@ def main(argv=None) -> int:
               "figure) with a small config such as --model-name ttt-tiny.", file=sys.stderr)
         return 2
 
-    from ttt_kernels.utils.benchmarking import as_dtype, markdown_table, write_results
+    from ttt_kernels.utils.benchmarking import as_dtype, floor_bandwidth, markdown_table, write_results
 
     device = torch.device(args.device)
+    # measured before any model takes memory; the CPU check has no roofline
+    bandwidth = floor_bandwidth(args.bandwidth) if device.type == "cuda" and args.mode == "decode" else None
     dtype = as_dtype(args.dtype)
     state_dtype = as_dtype(args.state_dtype) if args.state_dtype else None  # None: each model's default
     logdir = Path(args.logdir)
@@ -362,7 +368,7 @@ def main(argv=None) -> int:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             try:
-                row = run_one(model, args, batch, promptlen, label, device, state_dtype, logdir)
+                row = run_one(model, args, batch, promptlen, label, device, state_dtype, logdir, bandwidth)
                 row["status"] = "ok" if device.type == "cuda" else "ok (cpu)"
             except Exception as e:  # only out-of-memory is reported and survived
                 if not is_oom(e):
@@ -400,6 +406,9 @@ def main(argv=None) -> int:
               f"state_dtype={args.state_dtype or 'per model (TTT: --dtype, Mamba: fp32)'} "
               f"promptlen={' '.join(map(str, promptlens))} genlen={args.genlen} repeats={args.repeats} "
               f"cg={not args.no_cg and device.type == 'cuda'} compile={args.use_compile} device={args.device}")
+    if bandwidth:
+        header += (f" roofline at {bandwidth / 1e12:.2f} TB/s "
+                   f"({'--bandwidth' if args.bandwidth else 'measured device-to-device copy'})")
     if device.type == "cpu":
         header += f"\n** {CPU_NOTE} **"
     text = "\n\n".join([header, table, "\n".join(summary)])
@@ -416,7 +425,7 @@ def main(argv=None) -> int:
     name = args.name or "_".join([args.mode, tag, "+".join(variants) or "model", args.dtype,
                                   mode_tag.replace("+", "_"), batches])
     if args.json:
-        extra = {"settings": vars(args), "summary": summary}
+        extra = {"settings": vars(args), "summary": summary, "roofline_bytes_per_s": bandwidth}
         if device.type == "cpu":
             extra["note"] = CPU_NOTE
         print(f"results: {write_results(name, rows, extra=extra, results_dir=args.results_dir)}")

@@ -25,15 +25,6 @@ import torch.nn.functional as F
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def copy_bandwidth(nbytes=1 << 30) -> float:
-    """Device-to-device copy, bytes read + written per second."""
-    import triton.testing
-    src = torch.empty(nbytes // 4, dtype=torch.float32, device="cuda")
-    dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
-    return 2 * nbytes / (ms * 1e-3)
-
-
 def bench(fn, graph: bool) -> float:
     """Median µs of ``fn`` (eager) or of a CUDA-graph replay of it."""
     import triton.testing
@@ -168,6 +159,7 @@ def main(argv=None):
                          "pytest tests/test_mamba_ops.py)")
     import triton
     from ttt_kernels.ops.mamba import decode
+    from ttt_kernels.utils.benchmarking import copy_bandwidth
 
     act, state = DTYPES[args.dtype], DTYPES[args.state_dtype]
     d, N, R, K = args.d_inner, args.d_state, args.dt_rank, args.d_conv

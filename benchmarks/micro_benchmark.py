@@ -28,7 +28,9 @@ the 1-in-16 TTT weight update is in), each with its own pre-built position tenso
 ``pos_i = base + i`` and pre-generated q, k, v, lr (Mamba: x, z), the state updated in
 place; ``triton.testing.do_bench`` (median, L2 flushed before each cycle) of the 16-step
 function, divided by 16. GB/s = floor bytes / time (TTT: decode_floor_bytes, the
-weights read once plus q, k, v, out); %floor = (floor bytes at 3.0 TB/s) / time. Where
+weights read once plus q, k, v, out); %floor = (floor bytes at the bandwidth) / time, the
+bandwidth being this GPU's measured device-to-device copy rate (an H100's is ~3.0 TB/s, the
+issues' figure) or ``--bandwidth`` TB/s. Where
 the state fits in L2 (small B) steps 2..16 of a cycle may read it from L2, so %floor can
 pass 100%.
 
@@ -49,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from ttt_kernels.utils.benchmarking import (HBM_BYTES_PER_S, as_dtype, decode_floor_bytes,  # noqa: E402
+from ttt_kernels.utils.benchmarking import (as_dtype, decode_floor_bytes, floor_bandwidth,  # noqa: E402
                                             markdown_table, random_layer, random_lr, random_token,
                                             write_results)
 
@@ -101,6 +103,8 @@ def parse_args(argv=None):
                    help="TTT: each sequence at its own place in the mini-batch (default: all aligned, t = i)")
     p.add_argument("--warmup", type=float, default=10, help="do_bench warmup, ms")
     p.add_argument("--rep", type=float, default=40, help="do_bench repetition time, ms")
+    p.add_argument("--bandwidth", type=float, default=None, metavar="TB/s",
+                   help="the floor's bandwidth (default: this GPU's measured device-to-device copy rate)")
     p.add_argument("--json", action="store_true",
                    help="write benchmarks/results/micro_<inner_net or mamba>_<state_dtype>.json")
     p.add_argument("--plot", action="store_true", help="save perf_report's plot next to the JSON (.png)")
@@ -220,10 +224,6 @@ class Bench:
         self.us[(B, line)] = us
         print(f"  B={B:<5} {line:<15} {us:9.2f} µs/step", file=sys.stderr, flush=True)
         return us
-
-    def floor(self, B):
-        nbytes = self.floor_bytes(B)
-        return nbytes, 1e6 * nbytes / HBM_BYTES_PER_S
 
 
 class TTTBench(Bench):
@@ -474,9 +474,11 @@ def main(argv=None):
     name += "" if args.dtype == "fp16" else f"_act_{args.dtype}"
     run_perf_report(bench, name, RESULTS_DIR / f"{name}.png" if args.plot else None)
 
+    bw = floor_bandwidth(args.bandwidth)
     rows, table = [], []
     for B in args.batch:
-        nbytes, floor_us = bench.floor(B)
+        nbytes = bench.floor_bytes(B)
+        floor_us = 1e6 * nbytes / bw
         trow = {"batch": B, "floor µs": f"{floor_us:.3g}"}
         for line in args.lines:
             us = bench.us[(B, line)]
@@ -485,7 +487,8 @@ def main(argv=None):
                          "floor_bytes": nbytes, "floor_us": floor_us})
             trow[line] = "–" if math.isnan(us) else f"{gbps:.0f} ({pct:.0f}%)"
         table.append(trow)
-    print(f"\nGB/s of the floor bytes (% of the floor at {HBM_BYTES_PER_S / 1e12:.1f} TB/s):")
+    bw_source = "--bandwidth" if args.bandwidth else "this GPU's measured copy rate"
+    print(f"\nGB/s of the floor bytes (% of the floor at {bw / 1e12:.2f} TB/s, {bw_source}):")
     print(markdown_table(table, ["batch", "floor µs", *args.lines]))
     if bench.checks:
         print("\ncross-checks of the fused step (max |error| / max |reference|):")
@@ -494,7 +497,7 @@ def main(argv=None):
         print("\nnotes:\n" + "\n".join(f"  {n}" for n in bench.notes))
     if args.json:
         settings = {k: v for k, v in vars(args).items() if k not in ("json", "plot", "profile")}
-        extra = {"settings": {**settings, "K": K}, "HBM_bytes_per_s": HBM_BYTES_PER_S,
+        extra = {"settings": {**settings, "K": K}, "floor_bytes_per_s": bw, "floor_bandwidth": bw_source,
                  "timing": "do_bench median of a 16-step cycle / 16", "notes": bench.notes}
         if bench.checks:
             extra["cross_checks"] = bench.checks

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import torch
 
-# H100 SXM HBM3: a device-to-device copy measured 3017 GB/s (read + write), see the design note
-HBM_BYTES_PER_S = 3.0e12
+_COPY_BYTES_PER_S: dict[int, float] = {}  # per CUDA device index
 
 _DTYPE_NAMES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
 _REPO_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
@@ -44,6 +43,31 @@ def decode_floor_bytes(inner_net: str, B: int, H: int, f: int, state_dtype, act_
     parameters are not counted."""
     s, a = as_dtype(state_dtype).itemsize, as_dtype(act_dtype).itemsize
     return B * H * (inner_net_elements(inner_net, f) * s + 4 * f * a)
+
+
+def copy_bandwidth() -> float:
+    """The current GPU's device-to-device copy rate, bytes read + written per second (median
+    of a 512 MiB copy, measured once per process): what a streaming kernel can reach, so the
+    denominator of the benchmarks' floors. An H100 80GB HBM3 measures ~3.0e12 (3017 GB/s, the
+    design note's figure, which the issues' rooflines use)."""
+    dev = torch.cuda.current_device()
+    if dev not in _COPY_BYTES_PER_S:
+        import triton.testing
+
+        src = torch.empty(1 << 27, dtype=torch.float32, device="cuda")
+        dst = torch.empty_like(src)
+        ms = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
+        _COPY_BYTES_PER_S[dev] = 2 * src.numel() * src.element_size() / (ms * 1e-3)
+        del src, dst
+        torch.cuda.empty_cache()  # give the 1 GiB back before the models are built
+    return _COPY_BYTES_PER_S[dev]
+
+
+def floor_bandwidth(tb_per_s: float | None = None) -> float:
+    """Bytes per second that floors and roofline shares divide by: ``tb_per_s`` (TB/s) when
+    given (``--bandwidth 3.0`` reproduces the issues' H100 figures anywhere), else the current
+    GPU's measured copy rate."""
+    return tb_per_s * 1e12 if tb_per_s else copy_bandwidth()
 
 
 def environment_info() -> dict:
