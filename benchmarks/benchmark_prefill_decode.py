@@ -112,6 +112,8 @@ def parse_args(argv=None):
         args.repeats = 1 if args.device == "cpu" else 3
     if min(args.batch) < 1 or min(args.promptlen) < 1 or args.genlen < 1:
         p.error("--batch, --promptlen and --genlen must be >= 1")
+    if args.bandwidth is not None and not args.bandwidth > 0:
+        p.error(f"--bandwidth must be > 0 TB/s, got {args.bandwidth}")
     return args
 
 

@@ -118,6 +118,8 @@ def parse_args(argv=None):
     wrong = [l for l in args.lines if l not in LINES[args.op]]
     if wrong:
         p.error(f"--op {args.op} has no line(s) {', '.join(wrong)}; its lines: {', '.join(LINES[args.op])}")
+    if args.bandwidth is not None and not args.bandwidth > 0:
+        p.error(f"--bandwidth must be > 0 TB/s, got {args.bandwidth}")
     if args.state_dtype is None:
         args.state_dtype = "fp32" if args.op == "mamba" else "fp16"
     return args

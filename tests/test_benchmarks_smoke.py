@@ -65,6 +65,22 @@ def test_micro_benchmark_without_gpu_exits_2():
     assert r.returncode == 2 and "CUDA" in r.stderr
 
 
+def test_bandwidth_must_be_positive():
+    for script in ("micro_benchmark.py", "benchmark_prefill_decode.py"):
+        for bad in ("0", "-3", "nan"):
+            r = run_script(f"benchmarks/{script}", "--bandwidth", bad)
+            assert r.returncode == 2 and "--bandwidth must be > 0 TB/s" in r.stderr, (script, bad, r.stderr)
+
+
+@pytest.mark.gpu
+def test_copy_bandwidth_measured_once():
+    from ttt_kernels.utils.benchmarking import copy_bandwidth
+
+    bw = copy_bandwidth()
+    assert 1e11 < bw < 1e14  # bytes read + written per second: a GPU's HBM, not a unit slip
+    assert floor_bandwidth() == bw == copy_bandwidth()  # cached: one measurement per process
+
+
 def test_numerics_drift_cpu(tmp_path):
     try:
         from ttt_kernels.ops.ttt_linear import ttt_linear_decode_dual  # noqa: F401
