@@ -472,11 +472,11 @@ def main(argv=None):
         profile(bench)
         return 0
 
+    bw = floor_bandwidth(args.bandwidth)  # before the timings: a failure here must not lose them
     name = f"micro_{args.inner_net if args.op == 'ttt' else 'mamba'}_{args.state_dtype}"
     name += "" if args.dtype == "fp16" else f"_act_{args.dtype}"
     run_perf_report(bench, name, RESULTS_DIR / f"{name}.png" if args.plot else None)
 
-    bw = floor_bandwidth(args.bandwidth)
     rows, table = [], []
     for B in args.batch:
         nbytes = bench.floor_bytes(B)
