@@ -119,7 +119,7 @@ class RecurrentLM(nn.Module):
             raise ValueError(f"input_ids must be [{cache.batch_size}, T >= 1], got {tuple(input_ids.shape)}")
         # checks lengths and positions (a host sync, which prefill can afford); the phase it
         # also plans is the TTT blocks' business, so K = 1 here
-        _, lengths_t, _, _ = prefill_plan(cache.positions, lengths, T, 1)
+        _, lengths_t, _ = prefill_plan(cache.positions, lengths, T, 1)
         hidden, residual = F.embedding(input_ids, self.embed_tokens.weight), None
         for blk, c in zip(self.layers, cache.layers):
             hidden, residual = blk.prefill(hidden, residual, c, lengths_t)

@@ -286,8 +286,7 @@ class TTTLayer(nn.Module):
         reference inner nets run whole mini-batches that start at the same phase 0 for every
         sequence in matrix form, and everything else token by token through the decode op.
         """
-        lengths_host, lengths, positions, start_phase = prefill_plan(cache.positions, lengths, x.shape[1],
-                                                                     self.mini_batch)
+        lengths_host, lengths, start_phase = prefill_plan(cache.positions, lengths, x.shape[1], self.mini_batch)
         xqk, gate, v, lr = self._project(x)
         # both convs and the rotary: with a fused inner net one launch per conv, q and k token-major
         qk_conv_rotary = qk_conv_rotary_prefill if self.spec.kernel else qk_conv_rotary_prefill_ref
@@ -303,6 +302,7 @@ class TTTLayer(nn.Module):
             return self._output(z, gate, fused=True)
         z = torch.zeros_like(q)  # padding tokens past every prompt stay 0
         K, T = self.mini_batch, x.shape[1]
+        positions = cache.positions[:, None] + torch.arange(T, device=x.device)  # each token's, [B, T]
         min_len = min(lengths_host)
         i = 0
         while i < T:

@@ -73,8 +73,8 @@ class InferenceCache:
 def prefill_plan(positions: torch.Tensor, lengths, T: int, K: int):
     """Checks and host-side facts for a prefill of ``T`` tokens from ``positions [B]`` (a host sync).
 
-    Returns ``lengths_host`` (list), ``lengths`` (device tensor), the tokens' positions
-    ``[B, T]`` and ``start_phase``: ``positions % K`` when the same for every sequence, else None.
+    Returns ``lengths_host`` (list), ``lengths`` (device tensor) and ``start_phase``:
+    ``positions % K`` when the same for every sequence, else None.
     """
     B = positions.shape[0]
     if lengths is None:
@@ -88,9 +88,8 @@ def prefill_plan(positions: torch.Tensor, lengths, T: int, K: int):
     if min(start) < 0 or max(start) + T >= 2**31 - 1:
         raise ValueError(f"cache positions out of range: {min(start)}..{max(start)}")
     phases = {p % K for p in start}
-    dev = positions.device
-    return (lengths_host, torch.tensor(lengths_host, device=dev),
-            positions[:, None] + torch.arange(T, device=dev), phases.pop() if len(phases) == 1 else None)
+    return (lengths_host, torch.tensor(lengths_host, device=positions.device),
+            phases.pop() if len(phases) == 1 else None)
 
 
 class DecodeStep:
