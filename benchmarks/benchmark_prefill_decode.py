@@ -80,6 +80,8 @@ def model_class(name: str):
 
 
 def parse_args(argv=None):
+    from ttt_kernels.utils.benchmarking import add_bandwidth_argument  # imports no Triton
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-name", "--model_name", dest="model_name", nargs="+", default=["ttt-1b"],
                    help="one model, or several run one after the other (e.g. ttt-1b mamba-1.4b)")
@@ -103,8 +105,7 @@ def parse_args(argv=None):
                    help="write <results_dir>/<name>.png: total tok/s over batch, a line per run (needs matplotlib)")
     p.add_argument("--name", default=None, help="results file name (default from models, mode, dtype, cg)")
     p.add_argument("--results_dir", type=Path, default=RESULTS_DIR)
-    p.add_argument("--bandwidth", type=float, default=None, metavar="TB/s",
-                   help="the roofline's bandwidth (default: this GPU's measured device-to-device copy rate)")
+    add_bandwidth_argument(p)
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -112,8 +113,6 @@ def parse_args(argv=None):
         args.repeats = 1 if args.device == "cpu" else 3
     if min(args.batch) < 1 or min(args.promptlen) < 1 or args.genlen < 1:
         p.error("--batch, --promptlen and --genlen must be >= 1")
-    if args.bandwidth is not None and not args.bandwidth > 0:
-        p.error(f"--bandwidth must be > 0 TB/s, got {args.bandwidth}")
     return args
 
 

@@ -51,9 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from ttt_kernels.utils.benchmarking import (as_dtype, decode_floor_bytes, floor_bandwidth,  # noqa: E402
-                                            markdown_table, random_layer, random_lr, random_token,
-                                            write_results)
+from ttt_kernels.utils.benchmarking import (add_bandwidth_argument, as_dtype, decode_floor_bytes,  # noqa: E402
+                                            floor_bandwidth, markdown_table, random_layer, random_lr,
+                                            random_token, write_results)
 
 K = 16
 DEVICE = "cuda"
@@ -103,8 +103,7 @@ def parse_args(argv=None):
                    help="TTT: each sequence at its own place in the mini-batch (default: all aligned, t = i)")
     p.add_argument("--warmup", type=float, default=10, help="do_bench warmup, ms")
     p.add_argument("--rep", type=float, default=40, help="do_bench repetition time, ms")
-    p.add_argument("--bandwidth", type=float, default=None, metavar="TB/s",
-                   help="the floor's bandwidth (default: this GPU's measured device-to-device copy rate)")
+    add_bandwidth_argument(p)
     p.add_argument("--json", action="store_true",
                    help="write benchmarks/results/micro_<inner_net or mamba>_<state_dtype>.json")
     p.add_argument("--plot", action="store_true", help="save perf_report's plot next to the JSON (.png)")
@@ -118,8 +117,6 @@ def parse_args(argv=None):
     wrong = [l for l in args.lines if l not in LINES[args.op]]
     if wrong:
         p.error(f"--op {args.op} has no line(s) {', '.join(wrong)}; its lines: {', '.join(LINES[args.op])}")
-    if args.bandwidth is not None and not args.bandwidth > 0:
-        p.error(f"--bandwidth must be > 0 TB/s, got {args.bandwidth}")
     if args.state_dtype is None:
         args.state_dtype = "fp32" if args.op == "mamba" else "fp16"
     return args

@@ -69,7 +69,8 @@ def test_bandwidth_must_be_positive():
     for script in ("micro_benchmark.py", "benchmark_prefill_decode.py"):
         for bad in ("0", "-3", "nan"):
             r = run_script(f"benchmarks/{script}", "--bandwidth", bad)
-            assert r.returncode == 2 and "--bandwidth must be > 0 TB/s" in r.stderr, (script, bad, r.stderr)
+            assert r.returncode == 2 and f"argument --bandwidth: must be > 0 TB/s, got {bad}" in r.stderr, \
+                (script, bad, r.stderr)
 
 
 @pytest.mark.gpu

@@ -7,6 +7,7 @@ Nothing here imports Triton at module level, so the scripts can set
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import math
@@ -61,6 +62,18 @@ def copy_bandwidth() -> float:
         del src, dst
         torch.cuda.empty_cache()  # give the 1 GiB back before the models are built
     return _COPY_BYTES_PER_S[dev]
+
+
+def add_bandwidth_argument(parser) -> None:
+    """The benchmarks' ``--bandwidth TB/s`` option (None: :func:`floor_bandwidth` measures it)."""
+    def positive(text: str) -> float:
+        value = float(text)
+        if not value > 0:  # also NaN
+            raise argparse.ArgumentTypeError(f"must be > 0 TB/s, got {text}")
+        return value
+    parser.add_argument("--bandwidth", type=positive, default=None, metavar="TB/s",
+                        help="bandwidth that floors and roofline shares divide by "
+                             "(default: this GPU's measured device-to-device copy rate)")
 
 
 def floor_bandwidth(tb_per_s: float | None = None) -> float:
