@@ -1,5 +1,5 @@
-"""The fused norms and gates and the TTT layer's fused convs (the q/k conv + rotary step, the
-convs over whole prompts) against their float64 PyTorch references (Triton's interpreter on the CPU)."""
+"""The fused norms and gates and the TTT layer's fused convs (the decode step's q/k conv + rotary,
+v and lr; the convs over whole prompts) against their float64 PyTorch references (Triton's interpreter on the CPU)."""
 
 import os
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ttt_kernels.ops.conv_rotary import (apply_rotary_ref, causal_conv1d_prefill, causal_conv1d_prefill_ref,
-                                         qk_conv_rotary_prefill, qk_conv_rotary_prefill_ref, qk_conv_rotary_step,
-                                         qk_conv_rotary_step_ref)
+                                         qk_conv_rotary_prefill, qk_conv_rotary_prefill_ref, ttt_step_inputs,
+                                         ttt_step_inputs_ref)
 from ttt_kernels.ops.norm import (add_rms_norm, add_rms_norm_ref, gated_layer_norm, gated_layer_norm_ref, silu_mul,
                                   silu_mul_ref)
 
@@ -92,24 +92,32 @@ def rotary_tables(f, period, device):
 
 @pytest.mark.parametrize("dtype", ACT)
 @pytest.mark.parametrize("f", [64, 96])
-def test_qk_conv_rotary_step(dtype, f, device, poison_alloc):
-    """Many steps from mixed per-sequence positions: outputs and both conv states."""
-    B, H, KC, period = 3, 2, 4, 16
+def test_ttt_step_inputs(dtype, f, device, poison_alloc):
+    """Many steps from mixed per-sequence positions, inputs as row-strided views of one projection
+    (like the layer's): q, k, v, lr (outputs poisoned) and both conv states."""
+    B, H, KC, period, lr_scale = 3, 2, 4, 16, 8.0 / f
     D = H * f
     wq, bq, wk, bk = (randn(*s, dtype=dtype, device=device, seed=i) * 0.5
                       for i, s in enumerate([(D, KC), (D,), (D, KC), (D,)]))
+    lr_bias = randn(H, dtype=torch.float32, device=device, seed=5)
     cos, sin = rotary_tables(f, period, device)
     qs, ks = randn(B, D, KC, dtype=dtype, device=device, seed=10), randn(B, D, KC, dtype=dtype, device=device, seed=11)
     qs_ref, ks_ref = qs.double(), ks.double()
     pos = torch.tensor([0, 7, 29], device=device)
     for step in range(20):
-        xqk = randn(B, 3 * D, dtype=dtype, device=device, seed=100 + step)[:, :D]
-        q, k = qk_conv_rotary_step(xqk, qs, ks, wq, bq, wk, bk, cos, sin, pos, H)
-        q_ref, k_ref = qk_conv_rotary_step_ref(xqk.double(), qs_ref, ks_ref, wq.double(), bq.double(),
-                                               wk.double(), bk.double(), cos.double(), sin.double(), pos, H)
-        assert q.shape == (B, H, f) and q.dtype == dtype
+        xqk, gate, v, lr_logit = randn(B, 3 * D + H, dtype=dtype, device=device, seed=100 + step).split(
+            [D, D, D, H], dim=-1)
+        q, k, v_heads, lr = ttt_step_inputs(xqk, v, lr_logit, qs, ks, wq, bq, wk, bk, cos, sin, pos, lr_bias,
+                                            lr_scale, H)
+        q_ref, k_ref, v_ref, lr_ref = ttt_step_inputs_ref(
+            xqk.double(), v.double(), lr_logit.double(), qs_ref, ks_ref, wq.double(), bq.double(), wk.double(),
+            bk.double(), cos.double(), sin.double(), pos, lr_bias.double(), lr_scale, H)
+        assert q.shape == v_heads.shape == (B, H, f) and q.dtype == v_heads.dtype == dtype
+        assert v_heads.is_contiguous() and lr.shape == (B, H) and lr.dtype == torch.float32
         assert_close(q, q_ref, TOL[dtype], f"q, step {step}")
         assert_close(k, k_ref, TOL[dtype], f"k, step {step}")
+        assert torch.equal(v_heads, v.reshape(B, H, f)), f"v, step {step}"
+        assert_close(lr, lr_ref, 1e-6, f"lr, step {step}")
         assert_close(qs, qs_ref, TOL[dtype], f"q conv state, step {step}")
         assert_close(ks, ks_ref, TOL[dtype], f"k conv state, step {step}")
         qs_ref, ks_ref = qs.double(), ks.double()  # the kernel's rounded state is the next input
@@ -131,19 +139,37 @@ def test_rotary_ref_is_a_rotation():
     torch.testing.assert_close(y[2], x[2])  # 16 = 0 mod 16
 
 
-def test_qk_conv_rotary_errors(device):
+def test_ttt_step_inputs_errors(device):
     B, H, f, KC = 2, 2, 8, 4
     D = H * f
     st = torch.zeros(B, D, KC, device=device)
     w, b = torch.zeros(D, KC, device=device), torch.zeros(D, device=device)
     cos, sin = rotary_tables(f, 16, device)
     pos = torch.zeros(B, dtype=torch.int64, device=device)
+    x, logit = torch.zeros(B, D, device=device), torch.zeros(B, H, device=device)
+    lr_bias = torch.zeros(H, device=device)
+
+    def call(x=x, v=x, logit=logit, qs=st, ks=st, pos=pos, lr_bias=lr_bias):
+        return ttt_step_inputs(x, v, logit, qs, ks, w, b, w, b, cos, sin, pos, lr_bias, 0.1, H)
+
     with pytest.raises(ValueError, match="k_state"):
-        qk_conv_rotary_step(torch.zeros(B, D, device=device), st, st[:1], w, b, w, b, cos, sin, pos, H)
+        call(ks=st[:1])
     with pytest.raises(TypeError, match="q_state"):
-        qk_conv_rotary_step(torch.zeros(B, D, device=device), st.half(), st, w, b, w, b, cos, sin, pos, H)
+        call(qs=st.half())
     with pytest.raises(ValueError, match="positions"):
-        qk_conv_rotary_step(torch.zeros(B, D, device=device), st, st, w, b, w, b, cos, sin, pos[:1], H)
+        call(pos=pos[:1])
+    with pytest.raises(TypeError, match="v must"):
+        call(v=x.half())
+    with pytest.raises(ValueError, match="unit column stride"):
+        call(v=torch.zeros(D, B, device=device).t())
+    with pytest.raises(ValueError, match="lr_logit"):
+        call(logit=logit[:, :1])
+    with pytest.raises(ValueError, match="lr_bias"):
+        call(lr_bias=lr_bias[:1])
+    before = [st.clone(), pos.clone()]
+    with pytest.raises(TypeError, match="lr_bias"):
+        call(lr_bias=lr_bias.long())
+    assert torch.equal(st, before[0]) and torch.equal(pos, before[1]), "a rejected call wrote the state"
 
 
 @pytest.mark.parametrize("dtype", ACT)

@@ -5,15 +5,15 @@ Per token ``x`` (the block's normed hidden state):
     xqk, gate, v, lr_logit = in_proj(x)                 # one GEMM for all four
     q = conv_q(xqk), k = conv_k(xqk)                    # causal depthwise, kernel 4, own weights
     q, k = rotary(q, k, position mod K)                 # K = TTT mini-batch (16)
-    lr = base_lr * sigmoid(lr_logit + lr_bias) / f      # per head
+    lr = base_lr / f * sigmoid(lr_logit + lr_bias)      # per head
     z = TTT op(q, k, v, lr, ...)                        # q + LN(z_bar), per head
     out = o_proj(gelu(gate) * post_norm(z))
 
 Decode and prefill use the *same* conv weights for k (the original inference code's
 decode path convolved k with conv_q's weights). With a fused-kernel inner net the rest
-of the decode step is fused too: both convs and the rotary in one launch
-(``ops.conv_rotary``), the output's LayerNorm and gelu gate in another (``ops.norm``);
-the reference inner nets run everything in PyTorch.
+of the decode step is fused too: both convs, the rotary, v's heads and the learning rate in
+one launch (``ops.conv_rotary``), the output's LayerNorm and gelu gate in another
+(``ops.norm``); the reference inner nets run everything in PyTorch.
 
 Which TTT op runs is the inner-net name, resolved in :data:`INNER_NETS`; ops are
 imported on first use, so a missing kernel never breaks ``import``.
@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops.conv_rotary import (causal_conv1d_prefill, causal_conv1d_prefill_ref, qk_conv_rotary_prefill,
-                               qk_conv_rotary_prefill_ref, qk_conv_rotary_step)
+                               qk_conv_rotary_prefill_ref, ttt_lr_ref, ttt_step_inputs, ttt_step_inputs_ref)
 from ..ops.mamba import causal_conv1d_update, causal_conv1d_update_ref
 from ..ops.norm import gated_layer_norm, gated_layer_norm_ref
 from ..ops.ttt_state import TTTDualState, TTTPrimalState, inner_net_shapes
@@ -122,7 +122,7 @@ def _fused_conv_step(x, state, w, bias):
     return causal_conv1d_update(x, state, w, bias, silu=False)
 
 
-_fused_qk_conv_rotary = torch.compiler.disable(qk_conv_rotary_step)
+_fused_ttt_step_inputs = torch.compiler.disable(ttt_step_inputs)
 _fused_gated_layer_norm = torch.compiler.disable(gated_layer_norm)
 
 
@@ -233,10 +233,13 @@ class TTTLayer(nn.Module):
     # ---- pieces shared by step and prefill (any leading shape [...])
 
     def _project(self, x):
+        """``xqk, gate, v, lr_logit``: views of one GEMM's output rows."""
         D, H = self.hidden_size, self.num_heads
-        xqk, gate, v, lr_logit = F.linear(x, self.in_proj.weight).split([D, D, D, H], dim=-1)
-        lr = self.base_lr * torch.sigmoid(lr_logit.float() + self.lr_bias) / self.head_dim
-        return xqk, gate, v, lr
+        return F.linear(x, self.in_proj.weight).split([D, D, D, H], dim=-1)
+
+    @property
+    def lr_scale(self) -> float:
+        return self.base_lr / self.head_dim
 
     def _heads(self, x):
         return x.reshape(*x.shape[:-1], self.num_heads, self.head_dim)
@@ -259,18 +262,13 @@ class TTTLayer(nn.Module):
     def step(self, x: torch.Tensor, cache: TTTLayerCache) -> torch.Tensor:
         """One token per sequence at ``cache.positions``: ``x [B, D] -> [B, D]``; updates the
         state in place, leaves the positions to their owner. No host sync (graph-safe)."""
-        positions = cache.positions
-        xqk, gate, v, lr = self._project(x)
+        xqk, gate, v, lr_logit = self._project(x)
         fused = self.spec.kernel
-        if fused:  # both convs and the rotary in one launch
-            q, k = _fused_qk_conv_rotary(xqk, cache.q_conv, cache.k_conv, conv_weight(self.conv_q),
-                                         self.conv_q.bias, conv_weight(self.conv_k), self.conv_k.bias,
-                                         self.rotary.cos, self.rotary.sin, positions, self.num_heads)
-        else:
-            q = self._heads(conv_step(xqk, cache.q_conv, self.conv_q, fused))
-            k = self._heads(conv_step(xqk, cache.k_conv, self.conv_k, fused))
-            q, k = self.rotary(q, positions), self.rotary(k, positions)
-        z = self._ttt(q, k, self._heads(v).contiguous(), lr, positions, cache.ttt)
+        step_inputs = _fused_ttt_step_inputs if fused else ttt_step_inputs_ref  # fused: one launch
+        q, k, v, lr = step_inputs(xqk, v, lr_logit, cache.q_conv, cache.k_conv, conv_weight(self.conv_q),
+                                  self.conv_q.bias, conv_weight(self.conv_k), self.conv_k.bias, self.rotary.cos,
+                                  self.rotary.sin, cache.positions, self.lr_bias, self.lr_scale, self.num_heads)
+        z = self._ttt(q, k, v, lr, cache.positions, cache.ttt)
         return self._output(z, gate, fused)
 
     # ---- prefill: one fused launch per layer for the dual-form kernels, else a reference path
@@ -287,7 +285,8 @@ class TTTLayer(nn.Module):
         sequence in matrix form, and everything else token by token through the decode op.
         """
         lengths_host, lengths, start_phase = prefill_plan(cache.positions, lengths, x.shape[1], self.mini_batch)
-        xqk, gate, v, lr = self._project(x)
+        xqk, gate, v, lr_logit = self._project(x)
+        lr = ttt_lr_ref(lr_logit, self.lr_bias, self.lr_scale)
         # both convs and the rotary: with a fused inner net one launch per conv, q and k token-major
         qk_conv_rotary = qk_conv_rotary_prefill if self.spec.kernel else qk_conv_rotary_prefill_ref
         q, k = qk_conv_rotary(xqk, cache.q_conv, cache.k_conv, conv_weight(self.conv_q), self.conv_q.bias,

@@ -1,7 +1,7 @@
-from .decode import qk_conv_rotary_step
-from .naive import (apply_rotary_ref, causal_conv1d_prefill_ref, qk_conv_rotary_prefill_ref,
-                    qk_conv_rotary_step_ref)
+from .decode import ttt_step_inputs
+from .naive import (apply_rotary_ref, causal_conv1d_prefill_ref, qk_conv_rotary_prefill_ref, ttt_lr_ref,
+                    ttt_step_inputs_ref)
 from .prefill import causal_conv1d_prefill, qk_conv_rotary_prefill
 
-__all__ = ["qk_conv_rotary_step", "apply_rotary_ref", "qk_conv_rotary_step_ref", "causal_conv1d_prefill",
+__all__ = ["ttt_step_inputs", "ttt_step_inputs_ref", "ttt_lr_ref", "apply_rotary_ref", "causal_conv1d_prefill",
            "causal_conv1d_prefill_ref", "qk_conv_rotary_prefill", "qk_conv_rotary_prefill_ref"]

@@ -1,10 +1,12 @@
-"""The TTT layer's q/k inputs at decode in one launch: both causal conv steps of the shared
-``xqk`` input and the rotary (position modulo the mini-batch) of their outputs.
+"""The TTT op's inputs at decode in one launch: both causal conv steps of the shared ``xqk``
+input with the rotary (position modulo the mini-batch) of their outputs, ``v`` split into
+contiguous heads, and the per-head learning rate ``lr_scale * sigmoid(lr_logit + lr_bias)``.
 
-Unfused that is two conv launches and about a dozen elementwise kernels per rotation
-(casts, the table gathers, four products, the concatenation), each a few µs on
-``[B, D]`` rows. One program per (sequence, head) here: rotary pairs channel ``i`` with
-``i + f/2`` of the same head, so a program holds both halves of its head.
+Unfused that is two conv launches, about a dozen elementwise kernels per rotation (casts, the
+table gathers, four products, the concatenation), a copy of ``v`` out of the projection's rows
+and five kernels for the learning rate, each a few µs on ``[B, D]`` rows. One program per
+(sequence, head) here: rotary pairs channel ``i`` with ``i + f/2`` of the same head, so a
+program holds both halves of its head.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import triton.language as tl
 
 from ..triton_utils import conv_state_step
 from ..ttt_state import _check_tensor
+
+_ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
@@ -30,10 +34,11 @@ def _conv_rotate_store(x1, x2, cs_ptr, w_ptr, bias_ptr, out_ptr, d1, d2, j, jm, 
 
 
 @triton.jit
-def _qk_conv_rotary_kernel(x_ptr, stride_x, qs_ptr, ks_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr,
-                           pos_ptr, q_ptr, k_ptr, H, dim,
-                           F: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr, KC: tl.constexpr,
-                           KP: tl.constexpr, PERIOD: tl.constexpr):
+def _ttt_step_inputs_kernel(x_ptr, stride_x, v_ptr, stride_v, logit_ptr, stride_logit, lr_bias_ptr, lr_scale,
+                            qs_ptr, ks_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr, pos_ptr,
+                            q_ptr, k_ptr, v_out_ptr, lr_ptr, H, dim,
+                            F: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr, KC: tl.constexpr,
+                            KP: tl.constexpr, PERIOD: tl.constexpr):
     bh = tl.program_id(0).to(tl.int64)
     b, h = bh // H, bh % H
     j = tl.arange(0, BLOCK)
@@ -49,15 +54,21 @@ def _qk_conv_rotary_kernel(x_ptr, stride_x, qs_ptr, ks_ptr, wq_ptr, bq_ptr, wk_p
                        HALF, KC, KP)
     _conv_rotate_store(x1, x2, ks_ptr + b * dim * KC, wk_ptr, bk_ptr, k_ptr + bh * F, d1, d2, j, jm, c, s,
                        HALF, KC, KP)
+    tl.store(v_out_ptr + bh * F + j, tl.load(v_ptr + b * stride_v + d1, mask=jm), mask=jm)
+    tl.store(v_out_ptr + bh * F + HALF + j, tl.load(v_ptr + b * stride_v + d2, mask=jm), mask=jm)
+    logit = tl.load(logit_ptr + b * stride_logit + h).to(tl.float32) + tl.load(lr_bias_ptr + h).to(tl.float32)
+    tl.store(lr_ptr + bh, lr_scale * tl.sigmoid(logit))
 
 
-def qk_conv_rotary_step(xqk, q_state, k_state, q_weight, q_bias, k_weight, k_bias, cos, sin, positions,
-                        num_heads: int):
-    """``xqk [B, D]`` (row-strided is fine) -> ``q, k [B, H, f]`` in ``xqk``'s dtype.
+def ttt_step_inputs(xqk, v, lr_logit, q_state, k_state, q_weight, q_bias, k_weight, k_bias, cos, sin, positions,
+                    lr_bias, lr_scale: float, num_heads: int):
+    """One decode token's TTT-op inputs: ``xqk, v [B, D]`` and ``lr_logit [B, H]`` (row-strided
+    views of one projection are fine) -> ``q, k, v [B, H, f]`` in ``xqk``'s dtype (contiguous)
+    and ``lr [B, H]`` fp32.
 
     ``q_state, k_state [B, D, k]`` (``xqk``'s dtype) step in place; ``*_weight [D, k]``,
-    ``*_bias [D]``; ``cos, sin [period, f/2]`` fp32; ``positions [B]`` int (not advanced).
-    No host sync: graph-safe.
+    ``*_bias [D]``; ``cos, sin [period, f/2]`` fp32; ``positions [B]`` int (not advanced);
+    ``lr_bias [H]``. No host sync: graph-safe.
     """
     if not isinstance(xqk, torch.Tensor) or xqk.dim() != 2 or xqk.stride(-1) != 1:
         raise ValueError(f"xqk must be a [B, D] tensor with unit column stride, got {getattr(xqk, 'shape', xqk)}")
@@ -67,7 +78,11 @@ def qk_conv_rotary_step(xqk, q_state, k_state, q_weight, q_bias, k_weight, k_bia
         raise ValueError(f"D={D} must split into {H} heads of an even head dim")
     f = D // H
     dev, KC = xqk.device, q_state.shape[-1] if isinstance(q_state, torch.Tensor) else 0
-    _check_tensor("xqk", xqk, (B, D), (torch.float32, torch.float16, torch.bfloat16), dev, contiguous=False)
+    _check_tensor("xqk", xqk, (B, D), _ACT_DTYPES, dev, contiguous=False)
+    _check_tensor("v", v, (B, D), (xqk.dtype,), dev, contiguous=False)
+    _check_tensor("lr_logit", lr_logit, (B, H), _ACT_DTYPES, dev, contiguous=False)
+    if v.stride(-1) != 1 or lr_logit.stride(-1) != 1:
+        raise ValueError("v and lr_logit must have unit column stride")
     for name, st in (("q_state", q_state), ("k_state", k_state)):
         _check_tensor(name, st, (B, D, KC), (xqk.dtype,), dev)
     for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
@@ -78,10 +93,13 @@ def qk_conv_rotary_step(xqk, q_state, k_state, q_weight, q_bias, k_weight, k_bia
     _check_tensor("cos", cos, (period, f // 2), (torch.float32,), dev)
     _check_tensor("sin", sin, (period, f // 2), (torch.float32,), dev)
     _check_tensor("positions", positions, (B,), (torch.int32, torch.int64), dev)
+    _check_tensor("lr_bias", lr_bias, (H,), _ACT_DTYPES, dev)
     q = torch.empty(B, H, f, dtype=xqk.dtype, device=dev)
-    k = torch.empty_like(q)
-    _qk_conv_rotary_kernel[(B * H,)](
-        xqk, xqk.stride(0), q_state, k_state, q_weight, q_bias, k_weight, k_bias, cos, sin, positions, q, k, H, D,
+    k, v_heads = torch.empty_like(q), torch.empty_like(q)
+    lr = torch.empty(B, H, dtype=torch.float32, device=dev)
+    _ttt_step_inputs_kernel[(B * H,)](
+        xqk, xqk.stride(0), v, v.stride(0), lr_logit, lr_logit.stride(0), lr_bias, float(lr_scale),
+        q_state, k_state, q_weight, q_bias, k_weight, k_bias, cos, sin, positions, q, k, v_heads, lr, H, D,
         F=f, HALF=f // 2, BLOCK=triton.next_power_of_2(f // 2), KC=KC, KP=triton.next_power_of_2(KC),
         PERIOD=period, num_warps=1)
-    return q, k
+    return q, k, v_heads, lr

@@ -1,6 +1,6 @@
 """PyTorch references for the TTT layer's causal depthwise convs (the block's pre-conv and the
-q/k convs of the shared ``xqk`` input) and the rotary with the position modulo the TTT
-mini-batch: one decode step, and whole prompts (prefill)."""
+q/k convs of the shared ``xqk`` input), the rotary with the position modulo the TTT
+mini-batch and the learning rate: one decode step, and whole prompts (prefill)."""
 
 from __future__ import annotations
 
@@ -22,17 +22,24 @@ def apply_rotary_ref(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor
     return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
 
 
-def qk_conv_rotary_step_ref(xqk, q_state, k_state, q_weight, q_bias, k_weight, k_bias, cos, sin, positions,
-                            num_heads: int):
-    """``xqk [B, D]`` -> ``q, k [B, H, f]``: each conv steps its own state ``[B, D, k]`` in
-    place; its output is rounded to ``xqk``'s dtype before the rotation (as the unfused
-    layer does)."""
+def ttt_lr_ref(lr_logit: torch.Tensor, lr_bias: torch.Tensor, lr_scale: float) -> torch.Tensor:
+    """The TTT learning rate per head, ``lr_scale * sigmoid(lr_logit + lr_bias)`` in fp32
+    (``lr_scale`` = base lr / head dim)."""
+    return lr_scale * torch.sigmoid(lr_logit.float() + lr_bias.float())
+
+
+def ttt_step_inputs_ref(xqk, v, lr_logit, q_state, k_state, q_weight, q_bias, k_weight, k_bias, cos, sin,
+                        positions, lr_bias, lr_scale: float, num_heads: int):
+    """``xqk, v [B, D]``, ``lr_logit [B, H]`` -> ``q, k, v [B, H, f]`` and ``lr [B, H]``: each conv
+    steps its own state ``[B, D, k]`` in place; its output is rounded to ``xqk``'s dtype before
+    the rotation (as the unfused layer does)."""
     B, D = xqk.shape
+    f = D // num_heads
     out = []
     for state, w, b in ((q_state, q_weight, q_bias), (k_state, k_weight, k_bias)):
         y = causal_conv1d_update_ref(xqk, state, w, b, silu=False).to(xqk.dtype)
-        out.append(apply_rotary_ref(y.view(B, num_heads, D // num_heads), positions, cos, sin))
-    return out[0], out[1]
+        out.append(apply_rotary_ref(y.view(B, num_heads, f), positions, cos, sin))
+    return out[0], out[1], v.reshape(B, num_heads, f), ttt_lr_ref(lr_logit, lr_bias, lr_scale)
 
 
 def causal_conv1d_prefill_ref(x: torch.Tensor, state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
