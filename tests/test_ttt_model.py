@@ -8,11 +8,14 @@ import copy
 import pytest
 import torch
 
+from ttt_kernels.models import _common
+from ttt_kernels.models import MambaLM
 from ttt_kernels.models.config import CONFIGS, get_config
 from ttt_kernels.models.ttt_lm import TTTLM
+from ttt_kernels.modules import ttt_layer
 from ttt_kernels.modules.ttt_layer import INNER_NETS, get_inner_net
 from ttt_kernels.ops import cuda_backend
-from ttt_kernels.utils.generation import DecodeStep, generate
+from ttt_kernels.utils.generation import DecodeStep, generate, prefill_plan
 
 KERNEL_NETS = [n for n in INNER_NETS if get_inner_net(n).kernel]  # Triton and CUDA
 F32 = torch.float32
@@ -201,6 +204,23 @@ def test_ragged_and_chunked_prefill(device):
     assert_caches_close(two, one)
 
 
+def test_model_prefill_plans_once(monkeypatch, device):
+    """The model checks positions and lengths once (``prefill_plan``, a host sync) and hands the
+    plan to its layers, which plan nothing themselves; a layer given both a plan and lengths refuses."""
+    model = tiny_model("mlp_2_dual", device=device)
+    prompt = torch.randint(0, 512, (2, 7), generator=torch.Generator().manual_seed(4)).to(device)
+    cache = model.allocate_inference_cache(2)
+    monkeypatch.setattr(ttt_layer, "prefill_plan", lambda *a: pytest.fail("a layer planned its own prefill"))
+    model.prefill(prompt, cache, [7, 3])
+    monkeypatch.undo()
+    plan = prefill_plan(cache.positions, None, 7)
+    x = torch.zeros(2, 7, model.config.hidden_size, device=device)
+    with pytest.raises(ValueError, match="not both"):
+        model.layers[0].mixer.prefill(x, cache.layers[0].mixer, [7, 7], plan=plan)
+    with pytest.raises(ValueError, match="plan is for"):
+        model.layers[0].mixer.prefill(x[:, :6], cache.layers[0].mixer, plan=plan)
+
+
 # ------------------------------------------------------------------ configs, save/load, generation
 
 def test_named_configs_sizes():
@@ -286,6 +306,32 @@ def test_cuda_graph_generation_equals_eager(inner_net, promptlen):
     assert torch.equal(eager.generated, graph.generated)
     for a, b in zip(eager.scores, graph.scores):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("inner_net", ["mlp_2_dual_triton", "mlp_1_dual_triton", "mamba"])
+def test_prefill_syncs_only_to_plan(inner_net, monkeypatch):
+    """After the model's one host sync (its prefill plan), a prefill with fused TTT layers, or of
+    a Mamba model, queues everything without waiting for the GPU (CUDA's sync debug mode raises
+    on any synchronising call)."""
+    if inner_net == "mamba":
+        model = MambaLM.from_name("mamba-tiny", device="cuda", dtype=torch.float16)
+    else:
+        model = tiny_model(inner_net, device="cuda", dtype=torch.float16)
+    prompt = torch.randint(0, 512, (3, 21), generator=torch.Generator().manual_seed(6)).cuda()
+    model.prefill(prompt, model.allocate_inference_cache(3), [21, 4, 17])  # compiles the kernels
+    plan_once = _common.prefill_plan
+
+    def plan_then_forbid_syncs(*args):
+        plan = plan_once(*args)
+        torch.cuda.set_sync_debug_mode("error")
+        return plan
+
+    monkeypatch.setattr(_common, "prefill_plan", plan_then_forbid_syncs)
+    try:
+        model.prefill(prompt, model.allocate_inference_cache(3), [21, 4, 17])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 @pytest.mark.gpu

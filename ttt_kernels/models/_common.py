@@ -35,7 +35,7 @@ class RecurrentLM(nn.Module):
     and implements ``allocate_inference_cache``; each block has
 
         step(hidden [B, D], residual, cache_layer) -> (hidden, residual)
-        prefill(hidden [B, T, D], residual, cache_layer, lengths [B]) -> (hidden, residual)
+        prefill(hidden [B, T, D], residual, cache_layer, plan: PrefillPlan) -> (hidden, residual)
         fused: bool  (its norms run as fused kernels; the final norm follows the last block)
 
     Logits cover ``config.vocab_size`` tokens; embedding rows past it (padding for aligned
@@ -117,15 +117,14 @@ class RecurrentLM(nn.Module):
         B, T = input_ids.shape
         if B != cache.batch_size or T < 1:
             raise ValueError(f"input_ids must be [{cache.batch_size}, T >= 1], got {tuple(input_ids.shape)}")
-        # checks lengths and positions (a host sync, which prefill can afford); the phase it
-        # also plans is the TTT blocks' business, so K = 1 here
-        _, lengths_t, _ = prefill_plan(cache.positions, lengths, T, 1)
+        # checks lengths and positions: the prefill's one host sync (the layers take the plan)
+        plan = prefill_plan(cache.positions, lengths, T)
         hidden, residual = F.embedding(input_ids, self.embed_tokens.weight), None
         for blk, c in zip(self.layers, cache.layers):
-            hidden, residual = blk.prefill(hidden, residual, c, lengths_t)
-        rows, last = torch.arange(B, device=input_ids.device), lengths_t - 1
+            hidden, residual = blk.prefill(hidden, residual, c, plan)
+        rows, last = torch.arange(B, device=input_ids.device), plan.lengths - 1
         logits = self._logits(hidden[rows, last], residual[rows, last])
-        cache.positions.add_(lengths_t)
+        cache.positions.add_(plan.lengths)
         return logits
 
     # ---- bytes a decode step must move (the benchmarks' roofline)

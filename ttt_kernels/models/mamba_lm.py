@@ -43,9 +43,9 @@ class MambaBlock(nn.Module):
         h, residual = self.norm(hidden, residual, prenorm=True, fused=self.fused)
         return self.mixer.step(h, cache), residual
 
-    def prefill(self, hidden, residual, cache, lengths):
+    def prefill(self, hidden, residual, cache, plan):
         h, residual = self.norm(hidden, residual, prenorm=True, fused=self.fused)
-        return self.mixer.prefill(h, cache, lengths), residual
+        return self.mixer.prefill(h, cache, plan=plan), residual
 
 
 class MambaLM(RecurrentLM):

@@ -19,7 +19,7 @@ import torch.nn as nn
 from ..modules.mlp import SwiGLU
 from ..modules.norm import RMSNorm
 from ..modules.ttt_layer import TTTLayer, TTTLayerCache, conv_prefill, conv_step
-from ..utils.generation import InferenceCache
+from ..utils.generation import InferenceCache, PrefillPlan
 from ._common import RecurrentLM, read_config
 from .config import TTTConfig
 
@@ -69,12 +69,12 @@ class TTTBlock(nn.Module):
         h, residual = self.ffn_norm(h, residual, prenorm=True, fused=fused)
         return self.mlp(h, fused=fused), residual
 
-    def prefill(self, hidden, residual, cache: TTTBlockCache, lengths: torch.Tensor):
+    def prefill(self, hidden, residual, cache: TTTBlockCache, plan: PrefillPlan):
         fused = self.fused
         h, residual = self.conv_norm(hidden, residual, prenorm=True, fused=fused)
-        h = conv_prefill(h, cache.pre_conv, self.pre_conv, lengths, fused=fused)
+        h = conv_prefill(h, cache.pre_conv, self.pre_conv, plan.lengths, fused=fused)
         h, residual = self.seq_norm(h, residual, prenorm=True, fused=fused)
-        h = self.mixer.prefill(h, cache.mixer, lengths)
+        h = self.mixer.prefill(h, cache.mixer, plan=plan)
         h, residual = self.ffn_norm(h, residual, prenorm=True, fused=fused)
         return self.mlp(h, fused=fused), residual
 

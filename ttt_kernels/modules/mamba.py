@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.nn.utils import skip_init
 
 from ..ops.mamba import mamba_scan_ref, mamba_step, mamba_step_ref
+from ..utils.generation import PrefillPlan
 
 
 @torch.compiler.disable
@@ -107,14 +108,18 @@ class Mamba(nn.Module):
         return F.linear(y, self.out_proj.weight)
 
     @torch.no_grad()
-    def prefill(self, hidden: torch.Tensor, cache, lengths=None) -> torch.Tensor:
+    def prefill(self, hidden: torch.Tensor, cache, lengths=None, *, plan: PrefillPlan | None = None) -> torch.Tensor:
         """``hidden [B, T, d_model] -> [B, T, d_model]`` with the reference scan, continuing from
         ``cache`` and leaving in it the states decode continues from. With ``lengths [B]``
         (right padding), sequence ``b``'s states stop after ``lengths[b]`` tokens and its padded
-        outputs are zero."""
+        outputs are zero. ``plan``: the model's checked :func:`prefill_plan`, instead of ``lengths``
+        (no host sync here)."""
         conv_state, ssm_state = cache
         T = hidden.shape[1]
-        if lengths is not None:
+        if plan is not None:
+            plan.check_for(hidden, lengths)
+            lengths = None if plan.full else plan.lengths
+        elif lengths is not None:
             lengths = torch.as_tensor(lengths, device=hidden.device)
             # a host sync, which prefill (never graph-captured) can afford
             if lengths.shape != (hidden.shape[0],) or bool(((lengths < 0) | (lengths > T)).any()):

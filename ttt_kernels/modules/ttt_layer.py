@@ -33,7 +33,7 @@ from ..ops.conv_rotary import (causal_conv1d_prefill, causal_conv1d_prefill_ref,
 from ..ops.mamba import causal_conv1d_update, causal_conv1d_update_ref
 from ..ops.norm import gated_layer_norm, gated_layer_norm_ref
 from ..ops.ttt_state import TTTDualState, TTTPrimalState, inner_net_shapes
-from ..utils.generation import prefill_plan
+from ..utils.generation import PrefillPlan, prefill_plan
 from .rotary import Rotary
 
 # ---------------------------------------------------------------- inner-net registry
@@ -274,34 +274,40 @@ class TTTLayer(nn.Module):
     # ---- prefill: one fused launch per layer for the dual-form kernels, else a reference path
 
     @torch.no_grad()
-    def prefill(self, x: torch.Tensor, cache: TTTLayerCache, lengths=None) -> torch.Tensor:
+    def prefill(self, x: torch.Tensor, cache: TTTLayerCache, lengths=None, *,
+                plan: PrefillPlan | None = None) -> torch.Tensor:
         """``x [B, T, D] -> [B, T, D]`` continuing from ``cache`` at ``cache.positions``; with
         ``lengths [B]`` sequence ``b`` uses its first ``lengths[b]`` tokens (the rest is
         padding: outputs there are garbage, state untouched). Leaves the positions to their
-        owner, like :meth:`step`.
+        owner, like :meth:`step`. ``plan``: the caller's :func:`prefill_plan` of these positions
+        and lengths, instead of ``lengths`` (a model makes one for all its layers: no host sync here).
 
         A fused dual-form inner net runs every prompt whole in its prefill kernel. The
         reference inner nets run whole mini-batches that start at the same phase 0 for every
         sequence in matrix form, and everything else token by token through the decode op.
         """
-        lengths_host, lengths, start_phase = prefill_plan(cache.positions, lengths, x.shape[1], self.mini_batch)
+        if plan is None:
+            plan = prefill_plan(cache.positions, lengths, x.shape[1])
+        else:
+            plan.check_for(x, lengths)
         xqk, gate, v, lr_logit = self._project(x)
         lr = ttt_lr_ref(lr_logit, self.lr_bias, self.lr_scale)
         # both convs and the rotary: with a fused inner net one launch per conv, q and k token-major
         qk_conv_rotary = qk_conv_rotary_prefill if self.spec.kernel else qk_conv_rotary_prefill_ref
         q, k = qk_conv_rotary(xqk, cache.q_conv, cache.k_conv, conv_weight(self.conv_q), self.conv_q.bias,
                               conv_weight(self.conv_k), self.conv_k.bias, self.rotary.cos, self.rotary.sin,
-                              cache.positions, lengths, self.num_heads)
+                              cache.positions, plan.lengths, self.num_heads)
         v = self._heads(v)
         if self.spec.kernel and self.spec.form == "dual":
             # positions and lengths were checked by prefill_plan: no second host sync
             z = prefill_kernel(self.spec, q, k, v, cache.ttt)(
                 q, k, v, lr, cache.positions, self.ttt_norm_weight, self.ttt_norm_bias, self.token_idx_bias,
-                cache.ttt, lengths=None if min(lengths_host) == x.shape[1] else lengths, check_positions=False)
+                cache.ttt, lengths=None if plan.full else plan.lengths, check_positions=False)
             return self._output(z, gate, fused=True)
         z = torch.zeros_like(q)  # padding tokens past every prompt stay 0
         K, T = self.mini_batch, x.shape[1]
         positions = cache.positions[:, None] + torch.arange(T, device=x.device)  # each token's, [B, T]
+        lengths_host, start_phase = plan.lengths_host, plan.start_phase(K)
         min_len = min(lengths_host)
         i = 0
         while i < T:

@@ -70,12 +70,36 @@ class InferenceCache:
         self.positions.zero_()
 
 
-def prefill_plan(positions: torch.Tensor, lengths, T: int, K: int):
-    """Checks and host-side facts for a prefill of ``T`` tokens from ``positions [B]`` (a host sync).
+@dataclass(frozen=True)
+class PrefillPlan:
+    """A prefill's checked lengths and start positions, read back to the host once (the model
+    makes one and hands it to every layer, so the layers need no host sync of their own)."""
+    T: int  # tokens per prompt (padding included)
+    lengths_host: list[int]  # each prompt's length, 1..T
+    lengths: torch.Tensor  # the same on the device, [B] int64
+    starts_host: list[int]  # each sequence's position before the prefill
 
-    Returns ``lengths_host`` (list), ``lengths`` (device tensor) and ``start_phase``:
-    ``positions % K`` when the same for every sequence, else None.
-    """
+    @property
+    def full(self) -> bool:
+        """Whether every prompt has all ``T`` tokens (no padding)."""
+        return min(self.lengths_host) == self.T
+
+    def check_for(self, x: torch.Tensor, lengths) -> None:
+        """A layer's check that this plan is for ``x [B, T, ...]`` and comes without ``lengths``."""
+        if lengths is not None:
+            raise ValueError("give lengths or plan, not both")
+        if (len(self.lengths_host), self.T) != tuple(x.shape[:2]):
+            raise ValueError(f"plan is for [{len(self.lengths_host)}, {self.T}] prompts, got {tuple(x.shape[:2])}")
+
+    def start_phase(self, K: int) -> int | None:
+        """The start's index in a mini-batch of ``K`` when the same for every sequence, else None."""
+        phases = {p % K for p in self.starts_host}
+        return phases.pop() if len(phases) == 1 else None
+
+
+def prefill_plan(positions: torch.Tensor, lengths, T: int) -> PrefillPlan:
+    """Checks ``lengths`` (None: all ``T``) and ``positions [B]`` for a prefill of ``T`` tokens
+    and returns its :class:`PrefillPlan` (a host sync)."""
     B = positions.shape[0]
     if lengths is None:
         lengths_host = [T] * B
@@ -84,12 +108,10 @@ def prefill_plan(positions: torch.Tensor, lengths, T: int, K: int):
         if len(lengths_host) != B or not all(1 <= n <= T for n in lengths_host):
             raise ValueError(f"lengths must be {B} values in 1..{T}, got {lengths_host}")
     # the cache owns the positions: checked here, so decode steps need no host sync
-    start = positions.tolist()
-    if min(start) < 0 or max(start) + T >= 2**31 - 1:
-        raise ValueError(f"cache positions out of range: {min(start)}..{max(start)}")
-    phases = {p % K for p in start}
-    return (lengths_host, torch.tensor(lengths_host, device=positions.device),
-            phases.pop() if len(phases) == 1 else None)
+    starts = positions.tolist()
+    if min(starts) < 0 or max(starts) + T >= 2**31 - 1:
+        raise ValueError(f"cache positions out of range: {min(starts)}..{max(starts)}")
+    return PrefillPlan(T, lengths_host, torch.tensor(lengths_host, device=positions.device), starts)
 
 
 class DecodeStep:
