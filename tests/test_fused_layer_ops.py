@@ -94,23 +94,23 @@ def rotary_tables(f, period, device):
 @pytest.mark.parametrize("f", [64, 96])
 def test_ttt_step_inputs(dtype, f, device, poison_alloc):
     """Many steps from mixed per-sequence positions, inputs as row-strided views of one projection
-    (like the layer's): q, k, v, lr (outputs poisoned) and both conv states."""
+    (like the layer's): q, k, v, lr (outputs poisoned) and the conv state."""
     B, H, KC, period, lr_scale = 3, 2, 4, 16, 8.0 / f
     D = H * f
     wq, bq, wk, bk = (randn(*s, dtype=dtype, device=device, seed=i) * 0.5
                       for i, s in enumerate([(D, KC), (D,), (D, KC), (D,)]))
     lr_bias = randn(H, dtype=torch.float32, device=device, seed=5)
     cos, sin = rotary_tables(f, period, device)
-    qs, ks = randn(B, D, KC, dtype=dtype, device=device, seed=10), randn(B, D, KC, dtype=dtype, device=device, seed=11)
-    qs_ref, ks_ref = qs.double(), ks.double()
+    state = randn(B, D, KC, dtype=dtype, device=device, seed=10)
+    state_ref = state.double()
     pos = torch.tensor([0, 7, 29], device=device)
     for step in range(20):
         xqk, gate, v, lr_logit = randn(B, 3 * D + H, dtype=dtype, device=device, seed=100 + step).split(
             [D, D, D, H], dim=-1)
-        q, k, v_heads, lr = ttt_step_inputs(xqk, v, lr_logit, qs, ks, wq, bq, wk, bk, cos, sin, pos, lr_bias,
+        q, k, v_heads, lr = ttt_step_inputs(xqk, v, lr_logit, state, wq, bq, wk, bk, cos, sin, pos, lr_bias,
                                             lr_scale, H)
         q_ref, k_ref, v_ref, lr_ref = ttt_step_inputs_ref(
-            xqk.double(), v.double(), lr_logit.double(), qs_ref, ks_ref, wq.double(), bq.double(), wk.double(),
+            xqk.double(), v.double(), lr_logit.double(), state_ref, wq.double(), bq.double(), wk.double(),
             bk.double(), cos.double(), sin.double(), pos, lr_bias.double(), lr_scale, H)
         assert q.shape == v_heads.shape == (B, H, f) and q.dtype == v_heads.dtype == dtype
         assert v_heads.is_contiguous() and lr.shape == (B, H) and lr.dtype == torch.float32
@@ -118,9 +118,7 @@ def test_ttt_step_inputs(dtype, f, device, poison_alloc):
         assert_close(k, k_ref, TOL[dtype], f"k, step {step}")
         assert torch.equal(v_heads, v.reshape(B, H, f)), f"v, step {step}"
         assert_close(lr, lr_ref, 1e-6, f"lr, step {step}")
-        assert_close(qs, qs_ref, TOL[dtype], f"q conv state, step {step}")
-        assert_close(ks, ks_ref, TOL[dtype], f"k conv state, step {step}")
-        qs_ref, ks_ref = qs.double(), ks.double()  # the kernel's rounded state is the next input
+        assert torch.equal(state.double(), state_ref), f"conv state, step {step}: the last inputs, exactly"
         pos += 1
 
 
@@ -149,13 +147,13 @@ def test_ttt_step_inputs_errors(device):
     x, logit = torch.zeros(B, D, device=device), torch.zeros(B, H, device=device)
     lr_bias = torch.zeros(H, device=device)
 
-    def call(x=x, v=x, logit=logit, qs=st, ks=st, pos=pos, lr_bias=lr_bias):
-        return ttt_step_inputs(x, v, logit, qs, ks, w, b, w, b, cos, sin, pos, lr_bias, 0.1, H)
+    def call(x=x, v=x, logit=logit, st=st, pos=pos, lr_bias=lr_bias):
+        return ttt_step_inputs(x, v, logit, st, w, b, w, b, cos, sin, pos, lr_bias, 0.1, H)
 
-    with pytest.raises(ValueError, match="k_state"):
-        call(ks=st[:1])
-    with pytest.raises(TypeError, match="q_state"):
-        call(qs=st.half())
+    with pytest.raises(ValueError, match="conv_state"):
+        call(st=st[:1])
+    with pytest.raises(TypeError, match="conv_state"):
+        call(st=st.half())
     with pytest.raises(ValueError, match="positions"):
         call(pos=pos[:1])
     with pytest.raises(TypeError, match="v must"):
@@ -175,30 +173,30 @@ def test_ttt_step_inputs_errors(device):
 @pytest.mark.parametrize("dtype", ACT)
 @pytest.mark.parametrize("rotary,f", [(False, 64), (True, 64), (True, 96)], ids=["conv", "qk-rotary", "qk-rotary-f96"])
 def test_conv_prefill(dtype, rotary, f, device, poison_alloc):
-    """Ragged prompts (1 token, fewer than the taps, across the 64-token blocks) from random states
-    and positions: outputs (poisoned first) and the states decode continues from."""
+    """Ragged prompts (1 token, fewer than the taps, across the 64-token blocks) from a random state
+    and positions: outputs (poisoned first) and the state decode continues from (for q and k, the
+    state both convs read first)."""
     B, T, H, KC, period = 4, 70, 2, 4, 16
     D = H * f
     lengths = torch.tensor([70, 1, 2, 65], device=device)
     w1, b1, w2, b2 = (randn(*s, dtype=dtype, device=device, seed=i) * 0.5
                       for i, s in enumerate([(D, KC), (D,), (D, KC), (D,)]))
-    states = [randn(B, D, KC, dtype=dtype, device=device, seed=10 + i) for i in range(2)]
-    refs = [st.double() for st in states]
+    state = randn(B, D, KC, dtype=dtype, device=device, seed=10)
+    state_ref = state.double()
     x = randn(B, T, 3 * D, dtype=dtype, device=device, seed=20)[:, :, D:2 * D]  # a slice, as xqk is
     if rotary:
         cos, sin = rotary_tables(f, period, device)
         pos = torch.tensor([0, 7, 29, 3], device=device)
-        out = qk_conv_rotary_prefill(x, *states, w1, b1, w2, b2, cos, sin, pos, lengths, H)
-        ref = qk_conv_rotary_prefill_ref(x.double(), *refs, w1.double(), b1.double(), w2.double(), b2.double(),
+        out = qk_conv_rotary_prefill(x, state, w1, b1, w2, b2, cos, sin, pos, lengths, H)
+        ref = qk_conv_rotary_prefill_ref(x.double(), state_ref, w1.double(), b1.double(), w2.double(), b2.double(),
                                          cos.double(), sin.double(), pos, lengths, H)
     else:
-        out = [causal_conv1d_prefill(x, states[0], w1, b1, lengths)]
-        ref = [causal_conv1d_prefill_ref(x.double(), refs[0], w1.double(), b1.double(), lengths)]
+        out = [causal_conv1d_prefill(x, state, w1, b1, lengths)]
+        ref = [causal_conv1d_prefill_ref(x.double(), state_ref, w1.double(), b1.double(), lengths)]
     for i, (y, y_ref) in enumerate(zip(out, ref)):
         assert y.dtype == dtype and y.shape == ((B, T, H, f) if rotary else (B, T, D))
         assert_close(y, y_ref, TOL[dtype], f"output {i}")
-    for i, (st, st_ref) in enumerate(zip(states[:len(out)], refs)):
-        assert torch.equal(st.double(), st_ref), f"state {i}: the inputs up to each prompt's last token, exactly"
+    assert torch.equal(state.double(), state_ref), "state: the inputs up to each prompt's last token, exactly"
 
 
 def test_conv_prefill_errors(device):
@@ -217,4 +215,6 @@ def test_conv_prefill_errors(device):
         causal_conv1d_prefill(x.transpose(1, 2), st, w, b, n)
     cos, sin = rotary_tables(8, 16, device)
     with pytest.raises(ValueError, match="k_weight"):
-        qk_conv_rotary_prefill(x, st, st, w, b, w[:, :2], b, cos, sin, n, n, 2)
+        qk_conv_rotary_prefill(x, st, w, b, w[:, :2], b, cos, sin, n, n, 2)
+    with pytest.raises(ValueError, match="conv_state"):
+        qk_conv_rotary_prefill(x, st[:1], w, b, w, b, cos, sin, n, n, 2)

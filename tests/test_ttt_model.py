@@ -74,7 +74,7 @@ def load_op_or_skip(name):
 
 
 def conv_states(cache):
-    return [t for c in cache.layers for t in (c.pre_conv, c.mixer.q_conv, c.mixer.k_conv)]
+    return [t for c in cache.layers for t in (c.pre_conv, c.mixer.qk_conv)]
 
 
 # ------------------------------------------------------------------ every inner net vs the reference
@@ -126,7 +126,7 @@ def live_state(cache, b):
     out = [cache.positions[b]]
     for c in cache.layers:
         st = c.mixer.ttt
-        out += [c.pre_conv[b], c.mixer.q_conv[b], c.mixer.k_conv[b], *(w[b] for w in st.weights)]
+        out += [c.pre_conv[b], c.mixer.qk_conv[b], *(w[b] for w in st.weights)]
         if hasattr(st, "k_cache"):
             out += [st.k_cache[b, :, :t], st.v_cache[b, :, :t], st.lr_cache[b, :, :t]]
         elif t > 0:

@@ -140,17 +140,15 @@ def conv_prefill(x: torch.Tensor, state: torch.Tensor, conv: nn.Conv1d, lengths:
 @dataclass
 class TTTLayerCache:
     ttt: TTTDualState | TTTPrimalState
-    # [B, D, k] each: the q and k convs see the same inputs, but each keeps its own copy so
-    # that each is one in-place conv step
-    q_conv: torch.Tensor
-    k_conv: torch.Tensor
+    # [B, D, k]: the last k inputs of the q and k convs (they convolve the same xqk)
+    qk_conv: torch.Tensor
     # [B] int64: each sequence's absolute position. Shared with (and advanced by) the model's
     # cache: the layer reads it and never advances it.
     positions: torch.Tensor
 
     def tensors(self) -> list[torch.Tensor]:
         """The tensors this layer owns (not the shared positions)."""
-        return [*self.ttt.tensors(), self.q_conv, self.k_conv]
+        return [*self.ttt.tensors(), self.qk_conv]
 
 
 class TTTLayer(nn.Module):
@@ -214,10 +212,10 @@ class TTTLayer(nn.Module):
         else:
             ttt = TTTPrimalState.from_params(params, batch, state_dtype)
         dev = self.in_proj.weight.device
-        convs = [torch.zeros(batch, self.hidden_size, self.conv_kernel, dtype=act_dtype, device=dev) for _ in range(2)]
+        qk_conv = torch.zeros(batch, self.hidden_size, self.conv_kernel, dtype=act_dtype, device=dev)
         if positions is None:
             positions = torch.zeros(batch, dtype=torch.int64, device=dev)
-        return TTTLayerCache(ttt, *convs, positions)
+        return TTTLayerCache(ttt, qk_conv, positions)
 
     def reset_inference_cache(self, cache: TTTLayerCache) -> None:
         """Back to a fresh sequence, in place (a captured graph keeps its buffers)."""
@@ -227,7 +225,7 @@ class TTTLayer(nn.Module):
             others = cache.ttt.grads
         else:
             others = [cache.ttt.k_cache, cache.ttt.v_cache, cache.ttt.lr_cache]
-        for t in [*others, cache.q_conv, cache.k_conv]:
+        for t in [*others, cache.qk_conv]:
             t.zero_()
 
     # ---- pieces shared by step and prefill (any leading shape [...])
@@ -265,7 +263,7 @@ class TTTLayer(nn.Module):
         xqk, gate, v, lr_logit = self._project(x)
         fused = self.spec.kernel
         step_inputs = _fused_ttt_step_inputs if fused else ttt_step_inputs_ref  # fused: one launch
-        q, k, v, lr = step_inputs(xqk, v, lr_logit, cache.q_conv, cache.k_conv, conv_weight(self.conv_q),
+        q, k, v, lr = step_inputs(xqk, v, lr_logit, cache.qk_conv, conv_weight(self.conv_q),
                                   self.conv_q.bias, conv_weight(self.conv_k), self.conv_k.bias, self.rotary.cos,
                                   self.rotary.sin, cache.positions, self.lr_bias, self.lr_scale, self.num_heads)
         z = self._ttt(q, k, v, lr, cache.positions, cache.ttt)
@@ -294,7 +292,7 @@ class TTTLayer(nn.Module):
         lr = ttt_lr_ref(lr_logit, self.lr_bias, self.lr_scale)
         # both convs and the rotary: with a fused inner net one launch per conv, q and k token-major
         qk_conv_rotary = qk_conv_rotary_prefill if self.spec.kernel else qk_conv_rotary_prefill_ref
-        q, k = qk_conv_rotary(xqk, cache.q_conv, cache.k_conv, conv_weight(self.conv_q), self.conv_q.bias,
+        q, k = qk_conv_rotary(xqk, cache.qk_conv, conv_weight(self.conv_q), self.conv_q.bias,
                               conv_weight(self.conv_k), self.conv_k.bias, self.rotary.cos, self.rotary.sin,
                               cache.positions, plan.lengths, self.num_heads)
         v = self._heads(v)

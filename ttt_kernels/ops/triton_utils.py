@@ -154,10 +154,10 @@ def store_cache_row(kc_ptr, vc_ptr, lrc_ptr, bh, t, k, v, lr, cols, cm, F: tl.co
 
 
 @triton.jit
-def conv_state_step(x, cs_ptr, w_ptr, bias_ptr, d, dm, K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """One step of a depthwise causal conv for channels ``d`` (mask ``dm``) of one sequence:
-    shifts the new inputs ``x`` into its state ``cs_ptr [dim, K]`` (the newest last) in place
-    and returns ``conv + bias`` (fp32)."""
+def conv_state_shift(x, cs_ptr, d, dm, K: tl.constexpr, KP: tl.constexpr):
+    """Shifts the new inputs ``x`` of channels ``d`` (mask ``dm``) into one sequence's depthwise
+    conv state ``cs_ptr [dim, K]`` (the newest last) in place; returns the new window ``[d, KP]``
+    as stored (rounded to the state's dtype), taps past K zero."""
     k = tl.arange(0, KP)  # conv taps, padded to a power of two
     cs = cs_ptr + d[:, None] * K + k[None, :]
     # the new window is the old one moved one slot towards the front, x in the last slot; loading
@@ -165,12 +165,26 @@ def conv_state_step(x, cs_ptr, w_ptr, bias_ptr, d, dm, K: tl.constexpr, KP: tl.c
     old = tl.load(cs + 1, mask=dm[:, None] & (k[None, :] < K - 1), other=0.0)
     win = tl.where(k[None, :] == K - 1, x.to(cs_ptr.dtype.element_ty)[:, None], old)
     tl.store(cs, win, mask=dm[:, None] & (k[None, :] < K))
-    # the conv reads the stored (rounded) inputs, as prefill does
+    return win
+
+
+@triton.jit
+def conv_window(win, w_ptr, bias_ptr, d, dm, K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """``conv + bias`` (fp32) of a window from :func:`conv_state_shift` (the stored, rounded
+    inputs, as prefill reads them) with weights ``w_ptr [dim, K]``."""
+    k = tl.arange(0, KP)
     w = tl.load(w_ptr + d[:, None] * K + k[None, :], mask=dm[:, None] & (k[None, :] < K), other=0.0)
     acc = tl.sum(win.to(tl.float32) * w.to(tl.float32), axis=1)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + d, mask=dm, other=0.0).to(tl.float32)
     return acc
+
+
+@triton.jit
+def conv_state_step(x, cs_ptr, w_ptr, bias_ptr, d, dm, K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """One step of a depthwise causal conv for channels ``d`` (mask ``dm``) of one sequence:
+    shifts ``x`` into its state in place and returns ``conv + bias`` (fp32)."""
+    return conv_window(conv_state_shift(x, cs_ptr, d, dm, K, KP), w_ptr, bias_ptr, d, dm, K, KP, HAS_BIAS)
 
 
 # ---- prefill: one program per (sequence, head) walks its prompt window by window, a window

@@ -1,6 +1,7 @@
-"""The TTT op's inputs at decode in one launch: both causal conv steps of the shared ``xqk``
-input with the rotary (position modulo the mini-batch) of their outputs, ``v`` split into
-contiguous heads, and the per-head learning rate ``lr_scale * sigmoid(lr_logit + lr_bias)``.
+"""The TTT op's inputs at decode in one launch: the q and k causal convs of the shared ``xqk``
+input (one conv state: both read the same inputs) with the rotary (position modulo the
+mini-batch) of their outputs, ``v`` split into contiguous heads, and the per-head learning rate
+``lr_scale * sigmoid(lr_logit + lr_bias)``.
 
 Unfused that is two conv launches, about a dozen elementwise kernels per rotation (casts, the
 table gathers, four products, the concatenation), a copy of ``v`` out of the projection's rows
@@ -15,18 +16,18 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import conv_state_step
+from ..triton_utils import conv_state_shift, conv_window
 from ..ttt_state import _check_tensor
 
 _ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
-def _conv_rotate_store(x1, x2, cs_ptr, w_ptr, bias_ptr, out_ptr, d1, d2, j, jm, c, s,
+def _conv_rotate_store(win1, win2, w_ptr, bias_ptr, out_ptr, d1, d2, j, jm, c, s,
                        HALF: tl.constexpr, KC: tl.constexpr, KP: tl.constexpr):
     # the conv output is rounded to the activation dtype before the rotation, as unfused
-    a1 = conv_state_step(x1, cs_ptr, w_ptr, bias_ptr, d1, jm, KC, KP, True)
-    a2 = conv_state_step(x2, cs_ptr, w_ptr, bias_ptr, d2, jm, KC, KP, True)
+    a1 = conv_window(win1, w_ptr, bias_ptr, d1, jm, KC, KP, True)
+    a2 = conv_window(win2, w_ptr, bias_ptr, d2, jm, KC, KP, True)
     a1 = a1.to(out_ptr.dtype.element_ty).to(tl.float32)
     a2 = a2.to(out_ptr.dtype.element_ty).to(tl.float32)
     tl.store(out_ptr + j, (a1 * c - a2 * s).to(out_ptr.dtype.element_ty), mask=jm)
@@ -35,7 +36,7 @@ def _conv_rotate_store(x1, x2, cs_ptr, w_ptr, bias_ptr, out_ptr, d1, d2, j, jm, 
 
 @triton.jit
 def _ttt_step_inputs_kernel(x_ptr, stride_x, v_ptr, stride_v, logit_ptr, stride_logit, lr_bias_ptr, lr_scale,
-                            qs_ptr, ks_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr, pos_ptr,
+                            cs_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr, pos_ptr,
                             q_ptr, k_ptr, v_out_ptr, lr_ptr, H, dim,
                             F: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr, KC: tl.constexpr,
                             KP: tl.constexpr, PERIOD: tl.constexpr):
@@ -50,23 +51,23 @@ def _ttt_step_inputs_kernel(x_ptr, stride_x, v_ptr, stride_v, logit_ptr, stride_
     p = tl.load(pos_ptr + b) % PERIOD
     c = tl.load(cos_ptr + p * HALF + j, mask=jm, other=0.0)
     s = tl.load(sin_ptr + p * HALF + j, mask=jm, other=0.0)
-    _conv_rotate_store(x1, x2, qs_ptr + b * dim * KC, wq_ptr, bq_ptr, q_ptr + bh * F, d1, d2, j, jm, c, s,
-                       HALF, KC, KP)
-    _conv_rotate_store(x1, x2, ks_ptr + b * dim * KC, wk_ptr, bk_ptr, k_ptr + bh * F, d1, d2, j, jm, c, s,
-                       HALF, KC, KP)
+    win1 = conv_state_shift(x1, cs_ptr + b * dim * KC, d1, jm, KC, KP)
+    win2 = conv_state_shift(x2, cs_ptr + b * dim * KC, d2, jm, KC, KP)
+    _conv_rotate_store(win1, win2, wq_ptr, bq_ptr, q_ptr + bh * F, d1, d2, j, jm, c, s, HALF, KC, KP)
+    _conv_rotate_store(win1, win2, wk_ptr, bk_ptr, k_ptr + bh * F, d1, d2, j, jm, c, s, HALF, KC, KP)
     tl.store(v_out_ptr + bh * F + j, tl.load(v_ptr + b * stride_v + d1, mask=jm), mask=jm)
     tl.store(v_out_ptr + bh * F + HALF + j, tl.load(v_ptr + b * stride_v + d2, mask=jm), mask=jm)
     logit = tl.load(logit_ptr + b * stride_logit + h).to(tl.float32) + tl.load(lr_bias_ptr + h).to(tl.float32)
     tl.store(lr_ptr + bh, lr_scale * tl.sigmoid(logit))
 
 
-def ttt_step_inputs(xqk, v, lr_logit, q_state, k_state, q_weight, q_bias, k_weight, k_bias, cos, sin, positions,
+def ttt_step_inputs(xqk, v, lr_logit, conv_state, q_weight, q_bias, k_weight, k_bias, cos, sin, positions,
                     lr_bias, lr_scale: float, num_heads: int):
     """One decode token's TTT-op inputs: ``xqk, v [B, D]`` and ``lr_logit [B, H]`` (row-strided
     views of one projection are fine) -> ``q, k, v [B, H, f]`` in ``xqk``'s dtype (contiguous)
     and ``lr [B, H]`` fp32.
 
-    ``q_state, k_state [B, D, k]`` (``xqk``'s dtype) step in place; ``*_weight [D, k]``,
+    ``conv_state [B, D, k]`` (``xqk``'s dtype, the inputs of both convs) steps in place; ``*_weight [D, k]``,
     ``*_bias [D]``; ``cos, sin [period, f/2]`` fp32; ``positions [B]`` int (not advanced);
     ``lr_bias [H]``. No host sync: graph-safe.
     """
@@ -77,14 +78,13 @@ def ttt_step_inputs(xqk, v, lr_logit, q_state, k_state, q_weight, q_bias, k_weig
     if D % H or (D // H) % 2:
         raise ValueError(f"D={D} must split into {H} heads of an even head dim")
     f = D // H
-    dev, KC = xqk.device, q_state.shape[-1] if isinstance(q_state, torch.Tensor) else 0
+    dev, KC = xqk.device, conv_state.shape[-1] if isinstance(conv_state, torch.Tensor) else 0
     _check_tensor("xqk", xqk, (B, D), _ACT_DTYPES, dev, contiguous=False)
     _check_tensor("v", v, (B, D), (xqk.dtype,), dev, contiguous=False)
     _check_tensor("lr_logit", lr_logit, (B, H), _ACT_DTYPES, dev, contiguous=False)
     if v.stride(-1) != 1 or lr_logit.stride(-1) != 1:
         raise ValueError("v and lr_logit must have unit column stride")
-    for name, st in (("q_state", q_state), ("k_state", k_state)):
-        _check_tensor(name, st, (B, D, KC), (xqk.dtype,), dev)
+    _check_tensor("conv_state", conv_state, (B, D, KC), (xqk.dtype,), dev)
     for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
         _check_tensor(name, w, (D, KC), (w.dtype,) if isinstance(w, torch.Tensor) else (), dev)
     for name, b in (("q_bias", q_bias), ("k_bias", k_bias)):
@@ -99,7 +99,7 @@ def ttt_step_inputs(xqk, v, lr_logit, q_state, k_state, q_weight, q_bias, k_weig
     lr = torch.empty(B, H, dtype=torch.float32, device=dev)
     _ttt_step_inputs_kernel[(B * H,)](
         xqk, xqk.stride(0), v, v.stride(0), lr_logit, lr_logit.stride(0), lr_bias, float(lr_scale),
-        q_state, k_state, q_weight, q_bias, k_weight, k_bias, cos, sin, positions, q, k, v_heads, lr, H, D,
+        conv_state, q_weight, q_bias, k_weight, k_bias, cos, sin, positions, q, k, v_heads, lr, H, D,
         F=f, HALF=f // 2, BLOCK=triton.next_power_of_2(f // 2), KC=KC, KP=triton.next_power_of_2(KC),
         PERIOD=period, num_warps=1)
     return q, k, v_heads, lr

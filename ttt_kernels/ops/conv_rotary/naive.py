@@ -7,8 +7,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..mamba.naive import causal_conv1d_update_ref
-
 
 def apply_rotary_ref(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x [..., H, f]`` by table row ``positions % len(cos)`` (``positions`` of shape
@@ -28,16 +26,19 @@ def ttt_lr_ref(lr_logit: torch.Tensor, lr_bias: torch.Tensor, lr_scale: float) -
     return lr_scale * torch.sigmoid(lr_logit.float() + lr_bias.float())
 
 
-def ttt_step_inputs_ref(xqk, v, lr_logit, q_state, k_state, q_weight, q_bias, k_weight, k_bias, cos, sin,
+def ttt_step_inputs_ref(xqk, v, lr_logit, conv_state, q_weight, q_bias, k_weight, k_bias, cos, sin,
                         positions, lr_bias, lr_scale: float, num_heads: int):
-    """``xqk, v [B, D]``, ``lr_logit [B, H]`` -> ``q, k, v [B, H, f]`` and ``lr [B, H]``: each conv
-    steps its own state ``[B, D, k]`` in place; its output is rounded to ``xqk``'s dtype before
-    the rotation (as the unfused layer does)."""
+    """``xqk, v [B, D]``, ``lr_logit [B, H]`` -> ``q, k, v [B, H, f]`` and ``lr [B, H]``. ``xqk``
+    steps into ``conv_state [B, D, k]`` in place, and the q and k convs both read that window;
+    each output is rounded to ``xqk``'s dtype before the rotation (as the unfused layer does)."""
     B, D = xqk.shape
     f = D // num_heads
+    acc = torch.float64 if xqk.dtype == torch.float64 else torch.float32
+    window = torch.cat([conv_state[..., 1:], xqk.to(conv_state.dtype).unsqueeze(-1)], dim=-1)
+    conv_state.copy_(window)
     out = []
-    for state, w, b in ((q_state, q_weight, q_bias), (k_state, k_weight, k_bias)):
-        y = causal_conv1d_update_ref(xqk, state, w, b, silu=False).to(xqk.dtype)
+    for w, b in ((q_weight, q_bias), (k_weight, k_bias)):
+        y = ((window.to(acc) * w.to(acc)).sum(-1) + b.to(acc)).to(xqk.dtype)
         out.append(apply_rotary_ref(y.view(B, num_heads, f), positions, cos, sin))
     return out[0], out[1], v.reshape(B, num_heads, f), ttt_lr_ref(lr_logit, lr_bias, lr_scale)
 
@@ -57,15 +58,17 @@ def causal_conv1d_prefill_ref(x: torch.Tensor, state: torch.Tensor, weight: torc
     return y.transpose(1, 2).to(x.dtype)
 
 
-def qk_conv_rotary_prefill_ref(xqk, q_state, k_state, q_weight, q_bias, k_weight, k_bias, cos, sin, positions,
+def qk_conv_rotary_prefill_ref(xqk, conv_state, q_weight, q_bias, k_weight, k_bias, cos, sin, positions,
                                lengths, num_heads: int):
-    """``xqk [B, T, D]`` -> ``q, k [B, T, H, f]``: each conv over the prompts from its own state
-    (:func:`causal_conv1d_prefill_ref`), rounded to ``xqk``'s dtype, then rotated at the tokens'
+    """``xqk [B, T, D]`` -> ``q, k [B, T, H, f]``: the q and k convs over the prompts from the one
+    ``conv_state`` of their shared inputs (:func:`causal_conv1d_prefill_ref`, which leaves the
+    state decode continues from), rounded to ``xqk``'s dtype, then rotated at the tokens'
     positions ``positions[b] + t``."""
     B, T, D = xqk.shape
     pos = positions.view(B, 1) + torch.arange(T, device=xqk.device)
     out = []
-    for state, w, b in ((q_state, q_weight, q_bias), (k_state, k_weight, k_bias)):
+    # the q conv reads the state on a copy, the k conv reads and advances it
+    for state, w, b in ((conv_state.clone(), q_weight, q_bias), (conv_state, k_weight, k_bias)):
         y = causal_conv1d_prefill_ref(xqk, state, w, b, lengths)
         out.append(apply_rotary_ref(y.view(B, T, num_heads, D // num_heads), pos, cos, sin))
     return out[0], out[1]

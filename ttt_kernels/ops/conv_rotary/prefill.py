@@ -1,5 +1,6 @@
 """The TTT blocks' causal depthwise convs over whole prompts, one launch per conv: the block's
-pre-conv, and each of the q/k convs of the shared ``xqk`` input with the rotary of its output.
+pre-conv, and each of the q/k convs of the shared ``xqk`` input (one conv state) with the rotary
+of its output.
 
 The reference (``naive.causal_conv1d_prefill_ref``) concatenates the state and the prompt in
 fp32 channel-major, runs ``F.conv1d`` and transposes back: on the H100 at B=16, T=4096 that
@@ -37,9 +38,10 @@ def _conv_tile(x_ptr, stride_xb, stride_xt, cs_ptr, w_ptr, bias_ptr, b, t, tm, d
 def _conv_prefill_kernel(x_ptr, stride_xb, stride_xt, cs_ptr, w_ptr, bias_ptr, len_ptr, out_ptr, T, dim,
                          cos_ptr, sin_ptr, pos_ptr,
                          HALF: tl.constexpr, BH: tl.constexpr, BT: tl.constexpr, KC: tl.constexpr,
-                         KP: tl.constexpr, ROTARY: tl.constexpr, PERIOD: tl.constexpr):
+                         KP: tl.constexpr, ROTARY: tl.constexpr, PERIOD: tl.constexpr, WRITE_STATE: tl.constexpr):
     """Program (b, token block, channel block of 2 HALF channels: with ROTARY one head, whose
-    channel j pairs with j + HALF; BH = HALF rounded up to a power of two)."""
+    channel j pairs with j + HALF; BH = HALF rounded up to a power of two). WRITE_STATE: leave the
+    new state (off for a conv whose state another conv of the same inputs advances after it)."""
     b = tl.program_id(0).to(tl.int64)
     t = tl.program_id(1) * BT + tl.arange(0, BT)
     tm = t < T
@@ -63,7 +65,7 @@ def _conv_prefill_kernel(x_ptr, stride_xb, stride_xt, cs_ptr, w_ptr, bias_ptr, l
     tl.store(out + d1[None, :], y1.to(out_ptr.dtype.element_ty), mask=tm[:, None] & dm1[None, :])
     tl.store(out + d2[None, :], y2.to(out_ptr.dtype.element_ty), mask=tm[:, None] & dm2[None, :])
 
-    if tl.program_id(1) == 0:
+    if WRITE_STATE and tl.program_id(1) == 0:
         # the new state, each sequence's last KC inputs up to token lengths[b] - 1, from the prompt
         # or (short prompts) the old state; written once every thread of the program has read the
         # old state (its first tokens' taps above, and these)
@@ -83,7 +85,7 @@ def _conv_prefill_kernel(x_ptr, stride_xb, stride_xt, cs_ptr, w_ptr, bias_ptr, l
             tl.store(cs + d[:, None] * KC + k[None, :], new, mask=m)
 
 
-def _launch(x, state, weight, bias, lengths, out, rotary=None, num_heads=1):
+def _launch(x, state, weight, bias, lengths, out, rotary=None, num_heads=1, write_state=True):
     B, T, D = x.shape
     KC = state.shape[-1]
     if rotary is None:  # channel blocks of 64; the rotary's pointers are not read
@@ -94,21 +96,22 @@ def _launch(x, state, weight, bias, lengths, out, rotary=None, num_heads=1):
     grid = (B, triton.cdiv(T, 64), triton.cdiv(D, 2 * half))
     _conv_prefill_kernel[grid](x, x.stride(0), x.stride(1), state, weight, bias, lengths, out, T, D, cos, sin, pos,
                                HALF=half, BH=triton.next_power_of_2(half), BT=64, KC=KC,
-                               KP=triton.next_power_of_2(KC), ROTARY=rotary is not None, PERIOD=period, num_warps=4)
+                               KP=triton.next_power_of_2(KC), ROTARY=rotary is not None, PERIOD=period,
+                               WRITE_STATE=write_state, num_warps=4)
     return out
 
 
-def _check(x, lengths, convs, x_name="x"):
-    """``x`` and ``lengths`` once, then each conv's ``(state, weight, bias, prefix)`` (names
-    ``<prefix>state`` etc.)."""
+def _check(x, lengths, state, convs, x_name="x", state_name="state"):
+    """``x``, ``lengths`` and the conv ``state``, then each conv's ``(weight, bias, prefix)`` (names
+    ``<prefix>weight``, ``<prefix>bias``)."""
     if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.stride(-1) != 1:
         raise ValueError(f"{x_name} must be a [B, T, D] tensor with unit channel stride, "
                          f"got {getattr(x, 'shape', x)}")
     B, T, D = x.shape
     _check_tensor(x_name, x, (B, T, D), (torch.float32, torch.float16, torch.bfloat16), x.device, contiguous=False)
-    for state, weight, bias, prefix in convs:
-        KC = state.shape[-1] if isinstance(state, torch.Tensor) else 0
-        _check_tensor(prefix + "state", state, (B, D, KC), (x.dtype,), x.device)
+    KC = state.shape[-1] if isinstance(state, torch.Tensor) else 0
+    _check_tensor(state_name, state, (B, D, KC), (x.dtype,), x.device)
+    for weight, bias, prefix in convs:
         _check_tensor(prefix + "weight", weight, (D, KC), (weight.dtype,) if isinstance(weight, torch.Tensor) else (),
                       x.device)
         _check_tensor(prefix + "bias", bias, (D,), (bias.dtype,) if isinstance(bias, torch.Tensor) else (), x.device)
@@ -122,17 +125,18 @@ def causal_conv1d_prefill(x, state, weight, bias, lengths) -> torch.Tensor:
     :func:`~ttt_kernels.ops.conv_rotary.causal_conv1d_prefill_ref`: continues from ``state
     [B, D, k]`` (``x``'s dtype) and leaves in it each sequence's last k inputs up to token
     ``lengths[b] - 1`` (each in 1..T, not checked here: a host sync); ``weight [D, k]``, ``bias [D]``."""
-    _check(x, lengths, [(state, weight, bias, "")])
+    _check(x, lengths, state, [(weight, bias, "")])
     return _launch(x, state, weight, bias, lengths, torch.empty(x.shape, dtype=x.dtype, device=x.device))
 
 
-def qk_conv_rotary_prefill(xqk, q_state, k_state, q_weight, q_bias, k_weight, k_bias, cos, sin, positions, lengths,
+def qk_conv_rotary_prefill(xqk, conv_state, q_weight, q_bias, k_weight, k_bias, cos, sin, positions, lengths,
                            num_heads: int):
-    """``xqk [B, T, D]`` -> ``q, k [B, T, H, f]`` in ``xqk``'s dtype: each conv over the prompts
-    from its own state, then the rotary at positions ``positions[b] + t`` modulo the table's
-    length (``cos, sin [period, f/2]`` fp32), as
+    """``xqk [B, T, D]`` -> ``q, k [B, T, H, f]`` in ``xqk``'s dtype: the q and k convs over the
+    prompts from ``conv_state`` (their shared inputs; the k conv's launch, the second, leaves the
+    new state), then the rotary at positions ``positions[b] + t`` modulo the table's length
+    (``cos, sin [period, f/2]`` fp32), as
     :func:`~ttt_kernels.ops.conv_rotary.qk_conv_rotary_prefill_ref`. Two launches."""
-    _check(xqk, lengths, [(q_state, q_weight, q_bias, "q_"), (k_state, k_weight, k_bias, "k_")], "xqk")
+    _check(xqk, lengths, conv_state, [(q_weight, q_bias, "q_"), (k_weight, k_bias, "k_")], "xqk", "conv_state")
     B, T, D = xqk.shape
     H = num_heads
     if D % H or (D // H) % 2:
@@ -143,7 +147,7 @@ def qk_conv_rotary_prefill(xqk, q_state, k_state, q_weight, q_bias, k_weight, k_
     _check_tensor("sin", sin, (period, f // 2), (torch.float32,), xqk.device)
     _check_tensor("positions", positions, (B,), (torch.int32, torch.int64), xqk.device)
     out = []
-    for state, w, b in ((q_state, q_weight, q_bias), (k_state, k_weight, k_bias)):
+    for w, b, write_state in ((q_weight, q_bias, False), (k_weight, k_bias, True)):
         y = torch.empty(B, T, H, f, dtype=xqk.dtype, device=xqk.device)
-        out.append(_launch(xqk, state, w, b, lengths, y, (cos, sin, positions), H))
+        out.append(_launch(xqk, conv_state, w, b, lengths, y, (cos, sin, positions), H, write_state))
     return out[0], out[1]
