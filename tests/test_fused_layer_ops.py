@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ttt_kernels.ops.conv_rotary import (apply_rotary_ref, causal_conv1d_prefill, causal_conv1d_prefill_ref,
-                                         qk_conv_rotary_prefill, qk_conv_rotary_prefill_ref, ttt_step_inputs,
-                                         ttt_step_inputs_ref)
+                                         pre_conv_step, pre_conv_step_ref, qk_conv_rotary_prefill,
+                                         qk_conv_rotary_prefill_ref, ttt_step_inputs, ttt_step_inputs_ref)
 from ttt_kernels.ops.norm import (add_rms_norm, add_rms_norm_ref, gated_layer_norm, gated_layer_norm_ref, silu_mul,
                                   silu_mul_ref)
 
@@ -120,6 +120,45 @@ def test_ttt_step_inputs(dtype, f, device, poison_alloc):
         assert_close(lr, lr_ref, 1e-6, f"lr, step {step}")
         assert torch.equal(state.double(), state_ref), f"conv state, step {step}: the last inputs, exactly"
         pos += 1
+
+
+@pytest.mark.parametrize("dtype", ACT)
+@pytest.mark.parametrize("with_residual", [True, False])
+def test_pre_conv_step(dtype, with_residual, device, poison_alloc):
+    """add+RMSNorm -> conv step -> add+RMSNorm over many steps (D = 96: a masked tail): the normed
+    output and the residual (poisoned first) and the conv state, against the float64 reference
+    fed the kernel's previous state and residual."""
+    B, D, KC = 3, 96, 4
+    nw, ow = (1 + 0.5 * randn(D, dtype=torch.float32, device=device, seed=i).to(dtype) for i in (0, 1))
+    cw, cb = randn(D, KC, dtype=dtype, device=device, seed=2) * 0.5, randn(D, dtype=dtype, device=device, seed=3)
+    state = randn(B, D, KC, dtype=dtype, device=device, seed=10)
+    residual = randn(B, D, dtype=torch.float32, device=device, seed=11) if with_residual else None
+    for step in range(6):
+        hidden = randn(B, 2 * D, dtype=dtype, device=device, seed=100 + step)[:, :D]  # row-strided
+        state_ref = state.double()
+        y, r = pre_conv_step(hidden, residual, state, nw, cw, cb, ow, 1e-6)
+        y_ref, r_ref = pre_conv_step_ref(hidden.double(), None if residual is None else residual.double(), state_ref,
+                                         nw.double(), cw.double(), cb.double(), ow.double(), 1e-6)
+        assert y.dtype == dtype and r.dtype == torch.float32 and y.shape == r.shape == (B, D)
+        assert_close(r, r_ref, TOL[dtype], f"residual, step {step}")
+        assert_close(y, y_ref, TOL[dtype], f"normed, step {step}")
+        assert_close(state, state_ref, TOL[dtype], f"conv state, step {step}")
+        residual = r if with_residual else None
+
+
+def test_pre_conv_step_errors(device):
+    B, D, KC = 2, 16, 4
+    st, x = torch.zeros(B, D, KC, device=device), torch.zeros(B, D, device=device)
+    w, cw = torch.ones(D, device=device), torch.zeros(D, KC, device=device)
+    with pytest.raises(TypeError, match="residual"):
+        pre_conv_step(x, x.half(), st, w, cw, w, w, 1e-6)
+    with pytest.raises(ValueError, match="conv_state"):
+        pre_conv_step(x, None, st[:1], w, cw, w, w, 1e-6)
+    with pytest.raises(ValueError, match="out_norm_weight"):
+        pre_conv_step(x, None, st, w, cw, w, w[:3], 1e-6)
+    with pytest.raises(ValueError, match="hidden"):
+        pre_conv_step(torch.zeros(D, B, device=device).t(), None, st, w, cw, w, w, 1e-6)
+    assert not st.any(), "a rejected call wrote the state"
 
 
 def test_rotary_ref_is_a_rotation():

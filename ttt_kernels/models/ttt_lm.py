@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from ..modules.mlp import SwiGLU
 from ..modules.norm import RMSNorm
-from ..modules.ttt_layer import TTTLayer, TTTLayerCache, conv_prefill, conv_step
+from ..modules.ttt_layer import TTTLayer, TTTLayerCache, conv_prefill, pre_conv_block_step
 from ..utils.generation import InferenceCache, PrefillPlan
 from ._common import RecurrentLM, read_config
 from .config import TTTConfig
@@ -62,9 +62,8 @@ class TTTBlock(nn.Module):
 
     def step(self, hidden, residual, cache: TTTBlockCache):
         fused = self.fused
-        h, residual = self.conv_norm(hidden, residual, prenorm=True, fused=fused)
-        h = conv_step(h, cache.pre_conv, self.pre_conv, fused=fused)
-        h, residual = self.seq_norm(h, residual, prenorm=True, fused=fused)
+        h, residual = pre_conv_block_step(hidden, residual, cache.pre_conv, self.conv_norm, self.pre_conv,
+                                          self.seq_norm, fused)
         h = self.mixer.step(h, cache.mixer)
         h, residual = self.ffn_norm(h, residual, prenorm=True, fused=fused)
         return self.mlp(h, fused=fused), residual

@@ -28,9 +28,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops.conv_rotary import (causal_conv1d_prefill, causal_conv1d_prefill_ref, qk_conv_rotary_prefill,
-                               qk_conv_rotary_prefill_ref, ttt_lr_ref, ttt_step_inputs, ttt_step_inputs_ref)
-from ..ops.mamba import causal_conv1d_update, causal_conv1d_update_ref
+from ..ops.conv_rotary import (causal_conv1d_prefill, causal_conv1d_prefill_ref, pre_conv_step, pre_conv_step_ref,
+                               qk_conv_rotary_prefill, qk_conv_rotary_prefill_ref, ttt_lr_ref, ttt_step_inputs,
+                               ttt_step_inputs_ref)
 from ..ops.norm import gated_layer_norm, gated_layer_norm_ref
 from ..ops.ttt_state import TTTDualState, TTTPrimalState, inner_net_shapes
 from ..utils.generation import PrefillPlan, prefill_plan
@@ -106,22 +106,20 @@ def conv_weight(conv: nn.Conv1d) -> torch.Tensor:
     return conv.weight.view(conv.weight.shape[0], -1)
 
 
-def conv_step(x: torch.Tensor, state: torch.Tensor, conv: nn.Conv1d, fused: bool) -> torch.Tensor:
-    """One decode step: shifts ``x [B, D]`` into ``state`` in place (static shapes, no host
-    sync: graph-safe) and returns ``conv + bias`` in ``x``'s dtype. ``fused``: the Triton conv
-    step of ``ops.mamba`` (one launch), else its PyTorch reference."""
-    w = conv_weight(conv)
-    if fused:
-        return _fused_conv_step(x, state, w, conv.bias)
-    return causal_conv1d_update_ref(x, state, w, conv.bias, silu=False).to(x.dtype)
+def pre_conv_block_step(hidden, residual, state: torch.Tensor, norm: nn.Module, conv: nn.Conv1d, out_norm: nn.Module,
+                        fused: bool):
+    """A TTT block's first sub-block at decode: ``residual += hidden``, ``norm``, the causal
+    ``conv`` (stepping ``state [B, D, k]`` in place), ``residual += conv``, ``out_norm`` ->
+    ``(normed, residual)``. No host sync: graph-safe. ``fused``: one Triton launch
+    (``ops.conv_rotary.pre_conv_step``), else its PyTorch reference."""
+    if out_norm.eps != norm.eps:
+        raise ValueError(f"the two norms must share eps, got {norm.eps} and {out_norm.eps}")
+    fn = _fused_pre_conv_step if fused else pre_conv_step_ref
+    return fn(hidden, residual, state, norm.weight, conv_weight(conv), conv.bias, out_norm.weight, norm.eps)
 
 
 # The fused decode pieces stay outside torch.compile: their launchers check arguments in Python.
-@torch.compiler.disable
-def _fused_conv_step(x, state, w, bias):
-    return causal_conv1d_update(x, state, w, bias, silu=False)
-
-
+_fused_pre_conv_step = torch.compiler.disable(pre_conv_step)
 _fused_ttt_step_inputs = torch.compiler.disable(ttt_step_inputs)
 _fused_gated_layer_norm = torch.compiler.disable(gated_layer_norm)
 

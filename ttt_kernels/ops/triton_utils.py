@@ -13,6 +13,12 @@ import triton.language as tl
 
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+MAX_ROW_DIM = 16384  # the row kernels (norms, gates) hold one row per program in registers
+
+
+def row_warps(dim: int) -> int:
+    """Warps of a program that holds one row of ``dim`` values (8 to 16 per thread)."""
+    return min(16, max(1, triton.next_power_of_2(dim) // 256))
 
 
 def dot_config(state_dtype: torch.dtype):

@@ -1,13 +1,17 @@
-"""The TTT op's inputs at decode in one launch: the q and k causal convs of the shared ``xqk``
-input (one conv state: both read the same inputs) with the rotary (position modulo the
-mini-batch) of their outputs, ``v`` split into contiguous heads, and the per-head learning rate
-``lr_scale * sigmoid(lr_logit + lr_bias)``.
+"""The TTT block's decode convs, one launch each.
 
-Unfused that is two conv launches, about a dozen elementwise kernels per rotation (casts, the
-table gathers, four products, the concatenation), a copy of ``v`` out of the projection's rows
-and five kernels for the learning rate, each a few µs on ``[B, D]`` rows. One program per
-(sequence, head) here: rotary pairs channel ``i`` with ``i + f/2`` of the same head, so a
-program holds both halves of its head.
+``ttt_step_inputs``: the TTT op's inputs: the q and k causal convs of the shared ``xqk`` input
+(one conv state: both read the same inputs) with the rotary (position modulo the mini-batch) of
+their outputs, ``v`` split into contiguous heads, and the per-head learning rate
+``lr_scale * sigmoid(lr_logit + lr_bias)``. Unfused that is two conv launches, about a dozen
+elementwise kernels per rotation (casts, the table gathers, four products, the concatenation),
+a copy of ``v`` out of the projection's rows and five kernels for the learning rate, each a few
+µs on ``[B, D]`` rows. One program per (sequence, head): rotary pairs channel ``i`` with
+``i + f/2`` of the same head, so a program holds both halves of its head.
+
+``pre_conv_step``: the block's first sub-block, add+RMSNorm -> causal conv -> add+RMSNorm.
+Three launches unfused, each reading and writing the row again (the fp32 residual twice); one
+program per sequence holds its whole row here.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import conv_state_shift, conv_window
+from ..triton_utils import MAX_ROW_DIM, conv_state_shift, conv_window, row_warps
 from ..ttt_state import _check_tensor
 
 _ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -103,3 +107,64 @@ def ttt_step_inputs(xqk, v, lr_logit, conv_state, q_weight, q_bias, k_weight, k_
         F=f, HALF=f // 2, BLOCK=triton.next_power_of_2(f // 2), KC=KC, KP=triton.next_power_of_2(KC),
         PERIOD=period, num_warps=1)
     return q, k, v_heads, lr
+
+
+@triton.jit
+def _rms_norm(s, w_ptr, cols, m, dim, eps, out_dtype: tl.constexpr):
+    """RMSNorm of the fp32 row ``s`` times the weight, rounded to ``out_dtype``, back in fp32."""
+    rstd = 1.0 / tl.sqrt(tl.sum(s * s, axis=0) / dim + eps)
+    w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
+    return (s * rstd * w).to(out_dtype).to(tl.float32)
+
+
+@triton.jit
+def _pre_conv_step_kernel(x_ptr, stride_x, res_ptr, stride_r, cs_ptr, nw_ptr, cw_ptr, cb_ptr, ow_ptr, y_ptr,
+                          res_out_ptr, dim, eps, HAS_RES: tl.constexpr, BLOCK: tl.constexpr, KC: tl.constexpr,
+                          KP: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    m = cols < dim
+    dt = y_ptr.dtype.element_ty
+    s = tl.load(x_ptr + row * stride_x + cols, mask=m, other=0.0).to(tl.float32)
+    if HAS_RES:
+        s += tl.load(res_ptr + row * stride_r + cols, mask=m, other=0.0).to(tl.float32)
+    # each stage rounds its output to the activation dtype, as the unfused launches do
+    a = _rms_norm(s, nw_ptr, cols, m, dim, eps, dt)
+    win = conv_state_shift(a, cs_ptr + row * dim * KC, cols, m, KC, KP)
+    s += conv_window(win, cw_ptr, cb_ptr, cols, m, KC, KP, True).to(dt).to(tl.float32)
+    tl.store(res_out_ptr + row * dim + cols, s, mask=m)
+    tl.store(y_ptr + row * dim + cols, _rms_norm(s, ow_ptr, cols, m, dim, eps, dt).to(dt), mask=m)
+
+
+def pre_conv_step(hidden, residual, conv_state, norm_weight, conv_weight, conv_bias, out_norm_weight, eps: float):
+    """``residual += hidden; a = RMSNorm(residual); residual += conv(a); RMSNorm(residual)`` for one
+    token: ``hidden [B, D]`` (unit column stride), ``residual [B, D]`` fp32 or None (the first
+    block: the sum starts at ``hidden``) -> ``(normed [B, D] in hidden's dtype, residual [B, D] fp32)``,
+    as :func:`~ttt_kernels.ops.conv_rotary.pre_conv_step_ref`. ``conv_state [B, D, k]``
+    (``hidden``'s dtype) steps in place; ``norm_weight``, ``out_norm_weight``, ``conv_bias [D]``,
+    ``conv_weight [D, k]``; ``eps`` of both norms. No host sync: graph-safe."""
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2 or hidden.stride(-1) != 1:
+        raise ValueError(f"hidden must be a [B, D] tensor with unit column stride, got "
+                         f"{getattr(hidden, 'shape', hidden)}")
+    B, D = hidden.shape
+    if D > MAX_ROW_DIM:
+        raise ValueError(f"hidden: D = {D} exceeds {MAX_ROW_DIM}")
+    dev, KC = hidden.device, conv_state.shape[-1] if isinstance(conv_state, torch.Tensor) else 0
+    _check_tensor("hidden", hidden, (B, D), _ACT_DTYPES, dev, contiguous=False)
+    if residual is not None:
+        _check_tensor("residual", residual, (B, D), (torch.float32,), dev, contiguous=False)
+        if residual.stride(-1) != 1:
+            raise ValueError("residual must have unit column stride")
+    _check_tensor("conv_state", conv_state, (B, D, KC), (hidden.dtype,), dev)
+    for name, t, shape in (("norm_weight", norm_weight, (D,)), ("conv_weight", conv_weight, (D, KC)),
+                           ("conv_bias", conv_bias, (D,)), ("out_norm_weight", out_norm_weight, (D,))):
+        _check_tensor(name, t, shape, _ACT_DTYPES, dev)
+    y = torch.empty(B, D, dtype=hidden.dtype, device=dev)
+    res = torch.empty(B, D, dtype=torch.float32, device=dev)
+    if B:
+        _pre_conv_step_kernel[(B,)](
+            hidden, hidden.stride(0), hidden if residual is None else residual,
+            0 if residual is None else residual.stride(0), conv_state, norm_weight, conv_weight, conv_bias,
+            out_norm_weight, y, res, D, eps, HAS_RES=residual is not None, BLOCK=triton.next_power_of_2(D),
+            KC=KC, KP=triton.next_power_of_2(KC), num_warps=row_warps(D))
+    return y, res

@@ -7,6 +7,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..mamba.naive import causal_conv1d_update_ref
+from ..norm.naive import add_rms_norm_ref
+
 
 def apply_rotary_ref(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x [..., H, f]`` by table row ``positions % len(cos)`` (``positions`` of shape
@@ -18,6 +21,17 @@ def apply_rotary_ref(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor
     c, s = cos[idx].to(acc).unsqueeze(-2), sin[idx].to(acc).unsqueeze(-2)  # [..., 1, f/2]
     x1, x2 = x.to(acc).chunk(2, dim=-1)
     return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
+
+
+def pre_conv_step_ref(hidden, residual, conv_state, norm_weight, conv_weight, conv_bias, out_norm_weight,
+                      eps: float):
+    """The TTT block's first sub-block for one token: ``residual += hidden``, RMSNorm, the causal
+    conv (stepping ``conv_state [B, D, k]`` in place), ``residual += conv``, RMSNorm. Returns
+    ``(normed in hidden's dtype, residual)``; each stage's output is rounded to ``hidden``'s
+    dtype, the residual stays fp32 (float64 for float64 input)."""
+    a, residual = add_rms_norm_ref(hidden, residual, norm_weight, eps)
+    c = causal_conv1d_update_ref(a, conv_state, conv_weight, conv_bias, silu=False).to(a.dtype)
+    return add_rms_norm_ref(c, residual, out_norm_weight, eps)
 
 
 def ttt_lr_ref(lr_logit: torch.Tensor, lr_bias: torch.Tensor, lr_scale: float) -> torch.Tensor:

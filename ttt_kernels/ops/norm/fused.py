@@ -13,10 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import gelu_tanh
+from ..triton_utils import MAX_ROW_DIM, gelu_tanh, row_warps
 from ..ttt_state import FLOAT_DTYPES
-
-_MAX_DIM = 16384  # one row per program, held in registers
 
 
 @triton.jit
@@ -75,18 +73,14 @@ def _rows(name: str, t: torch.Tensor, dim: int) -> torch.Tensor:
 
 def _check_params(x: torch.Tensor, **params) -> None:
     dim = x.shape[-1]
-    if dim > _MAX_DIM:
-        raise ValueError(f"last dim {dim} exceeds {_MAX_DIM}")
+    if dim > MAX_ROW_DIM:
+        raise ValueError(f"last dim {dim} exceeds {MAX_ROW_DIM}")
     for name, p in params.items():
         if not isinstance(p, torch.Tensor) or tuple(p.shape) != (dim,) or p.device != x.device:
             raise ValueError(f"{name} must be a [{dim}] tensor on {x.device}, got "
                              f"{getattr(p, 'shape', type(p).__name__)}")
         if not p.is_contiguous():
             raise ValueError(f"{name} must be contiguous")
-
-
-def _warps(dim: int) -> int:
-    return min(16, max(1, triton.next_power_of_2(dim) // 256))
 
 
 def add_rms_norm(x, residual, weight, eps):
@@ -106,7 +100,7 @@ def add_rms_norm(x, residual, weight, eps):
         _add_rms_norm_kernel[(x2.shape[0],)](
             x2, x2.stride(0), r2 if residual is not None else x2, r2.stride(0) if residual is not None else 0,
             weight, y, res, dim, eps, HAS_RES=residual is not None, BLOCK=triton.next_power_of_2(dim),
-            num_warps=_warps(dim))
+            num_warps=row_warps(dim))
     return y, res
 
 
@@ -121,7 +115,7 @@ def gated_layer_norm(z, gate, weight, bias, eps):
     y = torch.empty(z.shape, dtype=z.dtype, device=z.device)
     if z2.shape[0]:
         _gated_layer_norm_kernel[(z2.shape[0],)](z2, z2.stride(0), g2, g2.stride(0), weight, bias, y, dim, eps,
-                                                 BLOCK=triton.next_power_of_2(dim), num_warps=_warps(dim))
+                                                 BLOCK=triton.next_power_of_2(dim), num_warps=row_warps(dim))
     return y
 
 
@@ -131,12 +125,12 @@ def silu_mul(gate_up):
     two_n = gate_up.shape[-1] if isinstance(gate_up, torch.Tensor) else 0
     if two_n % 2:
         raise ValueError(f"gate_up must have an even last dim (gate then up), got {two_n}")
-    if two_n // 2 > _MAX_DIM:
-        raise ValueError(f"gate_up: n = {two_n // 2} exceeds {_MAX_DIM}")
+    if two_n // 2 > MAX_ROW_DIM:
+        raise ValueError(f"gate_up: n = {two_n // 2} exceeds {MAX_ROW_DIM}")
     x2 = _rows("gate_up", gate_up, two_n)
     dim = two_n // 2
     y = torch.empty((*gate_up.shape[:-1], dim), dtype=gate_up.dtype, device=gate_up.device)
     if x2.shape[0]:
         _silu_mul_kernel[(x2.shape[0],)](x2, x2.stride(0), y, dim, BLOCK=triton.next_power_of_2(dim),
-                                         num_warps=_warps(dim))
+                                         num_warps=row_warps(dim))
     return y
