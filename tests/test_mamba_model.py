@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ttt_kernels.models import MAMBA_CONFIGS, TTTLM, MambaLM, get_config
-from ttt_kernels.utils.generation import DecodeStep, generate
+from ttt_kernels.utils.generation import DecodeStep, InferenceCache, generate
 
 V = 32000
 # fp32: the fused kernels against the PyTorch reference (2e-7 measured on the CPU; GPU GEMMs
@@ -212,7 +212,9 @@ def test_bad_input_is_rejected_and_leaves_the_cache_alone(device):
         (ValueError, "lengths", lambda: model.prefill(ids[:, None], cache, lengths=[1])),
         (ValueError, "cache", lambda: model.step(ids, other_depth)),
         (TypeError, "cache", lambda: model.step(ids, cache.layers)),
-        (ValueError, "conv_state", lambda: model.step(ids, other_width)),  # the kernel's check, at layer 0
+        (ValueError, "conv_state", lambda: model.step(ids, other_width)),
+        (ValueError, "cache layer 1", lambda: model.step(ids, InferenceCache([cache.layers[0], other_width.layers[1]],
+                                                                             cache.positions))),
     ]
     for exc, match, call in bad_calls:
         with pytest.raises(exc, match=match):

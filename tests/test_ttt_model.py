@@ -8,14 +8,13 @@ import copy
 import pytest
 import torch
 
-from ttt_kernels.models import _common
-from ttt_kernels.models import MambaLM
+from ttt_kernels.models import MambaLM, _common
 from ttt_kernels.models.config import CONFIGS, get_config
 from ttt_kernels.models.ttt_lm import TTTLM
 from ttt_kernels.modules import ttt_layer
 from ttt_kernels.modules.ttt_layer import INNER_NETS, get_inner_net
 from ttt_kernels.ops import cuda_backend
-from ttt_kernels.utils.generation import DecodeStep, generate, prefill_plan
+from ttt_kernels.utils.generation import DecodeStep, InferenceCache, generate, prefill_plan
 
 KERNEL_NETS = [n for n in INNER_NETS if get_inner_net(n).kernel]  # Triton and CUDA
 F32 = torch.float32
@@ -237,6 +236,37 @@ def test_named_configs_sizes():
     assert 100e6 < m.allocate_inference_cache(1).nbytes() < 103e6
     with pytest.raises(ValueError):
         m.set_inner_net("mlp_1_dual")
+
+
+def test_bad_input_is_rejected_and_leaves_the_cache_alone(device):
+    """Bad ids, a cache of another inner-net form (set_inner_net after allocating), of the other
+    family, with one layer of another width: a clear error before any layer is stepped."""
+    model = tiny_model("mlp_2_dual", device=device)
+    cache = model.allocate_inference_cache(2)
+    ids = torch.tensor([1, 2], device=device)
+    model.prefill(ids[:, None].repeat(1, 3), cache)
+    before = [t.clone() for t in cache.tensors()]
+    primal = with_inner_net(model, "mlp_2_primal")
+    other_family = TTTLM.from_name("ttt-tiny", inner_net="mlp_1_dual", device=device).allocate_inference_cache(2)
+    narrow = TTTLM.from_name("ttt-tiny", hidden_size=64, num_attention_heads=1, device=device)
+    spliced = InferenceCache([cache.layers[0], narrow.allocate_inference_cache(2).layers[1]], cache.positions)
+    bad_calls = [
+        (ValueError, "input_ids", lambda: model.step(ids[:1], cache)),
+        (TypeError, "input_ids", lambda: model.step(ids.float(), cache)),
+        (TypeError, "TTTPrimalState", lambda: primal.step(ids, cache)),
+        (TypeError, "TTTPrimalState", lambda: primal.prefill(ids[:, None], cache)),
+        (ValueError, "TTT weights", lambda: model.step(ids, InferenceCache(other_family.layers, cache.positions))),
+        (ValueError, "cache layer 1", lambda: model.step(ids, spliced)),
+        (TypeError, "not a TTT block", lambda: model.step(ids, InferenceCache([cache.layers[0], (ids, ids)],
+                                                                              cache.positions))),
+    ]
+    for exc, match, call in bad_calls:
+        with pytest.raises(exc, match=match):
+            call()
+        for t, t0 in zip(cache.tensors(), before, strict=True):
+            assert torch.equal(t, t0), match
+    with pytest.raises(TypeError, match="runs states in"):
+        with_inner_net(model, "mlp_2_dual_triton").allocate_inference_cache(2, state_dtype=torch.float64)
 
 
 def test_save_load_round_trip(tmp_path, device):

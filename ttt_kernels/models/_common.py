@@ -71,8 +71,8 @@ class RecurrentLM(nn.Module):
     # ---- decode
 
     def _check_cache(self, cache) -> None:
-        # a cache of another size fails in the first layer's kernel, before any write; one of
-        # fewer layers would not fail at all
+        # the model's share (one of fewer layers would not fail at all); the subclasses add each
+        # layer's state
         if not isinstance(cache, InferenceCache):
             raise TypeError(f"cache must be an InferenceCache, got {type(cache).__name__}")
         if len(cache.layers) != len(self.layers):

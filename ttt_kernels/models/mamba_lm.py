@@ -79,6 +79,17 @@ class MambaLM(RecurrentLM):
         layers = [blk.mixer.allocate_inference_cache(batch, state_dtype=state_dtype) for blk in self.layers]
         return InferenceCache(layers, positions)
 
+    def _check_cache(self, cache) -> None:
+        # every layer before any is stepped: a layer's kernels check only their own states
+        super()._check_cache(cache)
+        B = cache.batch_size
+        for i, (blk, c) in enumerate(zip(self.layers, cache.layers)):
+            m = blk.mixer
+            want = ((B, m.d_inner, m.d_conv), (B, m.d_inner, m.d_state))
+            got = tuple(tuple(getattr(t, "shape", ())) for t in c) if isinstance(c, (tuple, list)) else None
+            if got != want:
+                raise ValueError(f"cache layer {i}: (conv_state, ssm_state) shapes {got}, the model's {want}")
+
     def decode_bytes_per_step(self, batch: int, state_dtype=None) -> int:
         """Per step: each layer's states read and written plus x, z, y and x_proj's output
         (``Mamba.step_bytes``), and the model's weights read once. mamba-1.4b, fp16, fp32

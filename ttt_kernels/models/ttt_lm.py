@@ -123,6 +123,18 @@ class TTTLM(RecurrentLM):
                 for p in (m.ttt_norm_bias, m.token_idx_bias, m.lr_bias):
                     p.zero_()
 
+    def _check_cache(self, cache) -> None:
+        # every layer before any is stepped: a layer's kernels check only their own state
+        super()._check_cache(cache)
+        B = cache.batch_size
+        for i, (blk, c) in enumerate(zip(self.layers, cache.layers)):
+            if not isinstance(c, TTTBlockCache):
+                raise TypeError(f"cache layer {i} is a {type(c).__name__}, not a TTT block's cache")
+            conv = (B, blk.pre_conv.in_channels, blk.pre_conv.kernel_size[0])
+            if tuple(c.pre_conv.shape) != conv:
+                raise ValueError(f"cache layer {i}: pre_conv has shape {tuple(c.pre_conv.shape)}, the model's {conv}")
+            blk.mixer.check_cache(c.mixer, B)
+
     # ---- inner net
 
     def set_inner_net(self, name: str) -> None:

@@ -32,7 +32,7 @@ from ..ops.conv_rotary import (causal_conv1d_prefill, causal_conv1d_prefill_ref,
                                qk_conv_rotary_prefill, qk_conv_rotary_prefill_ref, ttt_lr_ref, ttt_step_inputs,
                                ttt_step_inputs_ref)
 from ..ops.norm import gated_layer_norm, gated_layer_norm_ref
-from ..ops.ttt_state import TTTDualState, TTTPrimalState, inner_net_shapes
+from ..ops.ttt_state import STATE_DTYPES, TTTDualState, TTTPrimalState, inner_net_shapes
 from ..utils.generation import PrefillPlan, prefill_plan
 from .rotary import Rotary
 
@@ -204,6 +204,9 @@ class TTTLayer(nn.Module):
         """Fresh state for ``batch`` sequences. ``positions [B]``: the model's shared position
         tensor (default: a new one at 0, which the caller advances)."""
         _ = self.op  # fail here, not in the middle of a step, if the op is missing
+        dtypes = STATE_DTYPES if self.spec.kernel else (*STATE_DTYPES, torch.float64)
+        if state_dtype not in dtypes:
+            raise TypeError(f"{self.inner_net} runs states in {[str(d) for d in dtypes]}, got {state_dtype}")
         params = [p.detach() for p in self.inner_params()]
         if self.spec.form == "dual":
             ttt = TTTDualState.from_params(params, batch, self.mini_batch, state_dtype, act_dtype)
@@ -214,6 +217,23 @@ class TTTLayer(nn.Module):
         if positions is None:
             positions = torch.zeros(batch, dtype=torch.int64, device=dev)
         return TTTLayerCache(ttt, qk_conv, positions)
+
+    def check_cache(self, cache: TTTLayerCache, batch: int) -> None:
+        """That ``cache`` is one this layer's ``allocate_inference_cache`` makes (the state form of
+        the current inner net, its shapes), host-side only: a step or prefill otherwise steps the
+        convs before the TTT op could reject the state."""
+        form = TTTDualState if self.spec.form == "dual" else TTTPrimalState
+        ttt = getattr(cache, "ttt", None)
+        if not isinstance(ttt, form):
+            raise TypeError(f"the cache holds a {type(ttt).__name__}, {self.inner_net} runs on a {form.__name__}: "
+                            "allocate the cache after set_inner_net")
+        shapes = [(batch, self.num_heads, *s) for s in inner_net_shapes(self.inner, self.head_dim)]
+        got = [tuple(w.shape) for w in ttt.weights]
+        if got != shapes:
+            raise ValueError(f"the cache's TTT weights have shapes {got}, this layer's {shapes}")
+        conv = (batch, self.hidden_size, self.conv_kernel)
+        if tuple(cache.qk_conv.shape) != conv:
+            raise ValueError(f"the cache's qk_conv has shape {tuple(cache.qk_conv.shape)}, this layer's {conv}")
 
     def reset_inference_cache(self, cache: TTTLayerCache) -> None:
         """Back to a fresh sequence, in place (a captured graph keeps its buffers)."""
