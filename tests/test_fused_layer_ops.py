@@ -213,8 +213,8 @@ def test_ttt_step_inputs_errors(device):
 @pytest.mark.parametrize("rotary,f", [(False, 64), (True, 64), (True, 96)], ids=["conv", "qk-rotary", "qk-rotary-f96"])
 def test_conv_prefill(dtype, rotary, f, device, poison_alloc):
     """Ragged prompts (1 token, fewer than the taps, across the 64-token blocks) from a random state
-    and positions: outputs (poisoned first) and the state decode continues from (for q and k, the
-    state both convs read first)."""
+    and positions: outputs (poisoned first; q and k both from the state as it was) and the state
+    decode continues from."""
     B, T, H, KC, period = 4, 70, 2, 4, 16
     D = H * f
     lengths = torch.tensor([70, 1, 2, 65], device=device)
