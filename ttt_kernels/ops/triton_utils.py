@@ -70,6 +70,15 @@ def gelu_tanh(x, FAST: tl.constexpr):
 
 
 @triton.jit
+def rms_norm_row(s, w_ptr, cols, m, dim, eps):
+    """RMSNorm of one fp32 row ``s`` (``cols`` masked by ``m``, ``dim`` real values) times the
+    weight ``w_ptr [dim]``, in fp32."""
+    rstd = 1.0 / tl.sqrt(tl.sum(s * s, axis=0) / dim + eps)
+    w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
+    return s * rstd * w
+
+
+@triton.jit
 def as_row0(x, M: tl.constexpr, DOT_DTYPE: tl.constexpr):
     """Vector ``x`` as row 0 of an ``M``-row tile, zeros elsewhere: the A operand that puts a
     vector x matrix product on the tensor cores (``tl.dot`` needs M >= 16). Broadcast-and-reduce

@@ -20,10 +20,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import MAX_ROW_DIM, conv_state_shift, conv_window, row_warps
-from ..ttt_state import _check_tensor
+from ..triton_utils import MAX_ROW_DIM, conv_state_shift, conv_window, rms_norm_row, row_warps
+from ..ttt_state import FLOAT_DTYPES, _check_tensor
 
-_ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_ACT_DTYPES = FLOAT_DTYPES[:3]  # fp32, fp16, bf16
 
 
 @triton.jit
@@ -110,14 +110,6 @@ def ttt_step_inputs(xqk, v, lr_logit, conv_state, q_weight, q_bias, k_weight, k_
 
 
 @triton.jit
-def _rms_norm(s, w_ptr, cols, m, dim, eps, out_dtype: tl.constexpr):
-    """RMSNorm of the fp32 row ``s`` times the weight, rounded to ``out_dtype``, back in fp32."""
-    rstd = 1.0 / tl.sqrt(tl.sum(s * s, axis=0) / dim + eps)
-    w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
-    return (s * rstd * w).to(out_dtype).to(tl.float32)
-
-
-@triton.jit
 def _pre_conv_step_kernel(x_ptr, stride_x, res_ptr, stride_r, cs_ptr, nw_ptr, cw_ptr, cb_ptr, ow_ptr, y_ptr,
                           res_out_ptr, dim, eps, HAS_RES: tl.constexpr, BLOCK: tl.constexpr, KC: tl.constexpr,
                           KP: tl.constexpr):
@@ -129,11 +121,11 @@ def _pre_conv_step_kernel(x_ptr, stride_x, res_ptr, stride_r, cs_ptr, nw_ptr, cw
     if HAS_RES:
         s += tl.load(res_ptr + row * stride_r + cols, mask=m, other=0.0).to(tl.float32)
     # each stage rounds its output to the activation dtype, as the unfused launches do
-    a = _rms_norm(s, nw_ptr, cols, m, dim, eps, dt)
+    a = rms_norm_row(s, nw_ptr, cols, m, dim, eps).to(dt)
     win = conv_state_shift(a, cs_ptr + row * dim * KC, cols, m, KC, KP)
     s += conv_window(win, cw_ptr, cb_ptr, cols, m, KC, KP, True).to(dt).to(tl.float32)
     tl.store(res_out_ptr + row * dim + cols, s, mask=m)
-    tl.store(y_ptr + row * dim + cols, _rms_norm(s, ow_ptr, cols, m, dim, eps, dt).to(dt), mask=m)
+    tl.store(y_ptr + row * dim + cols, rms_norm_row(s, ow_ptr, cols, m, dim, eps).to(dt), mask=m)
 
 
 def pre_conv_step(hidden, residual, conv_state, norm_weight, conv_weight, conv_bias, out_norm_weight, eps: float):

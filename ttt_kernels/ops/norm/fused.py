@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import MAX_ROW_DIM, gelu_tanh, row_warps
+from ..triton_utils import MAX_ROW_DIM, gelu_tanh, rms_norm_row, row_warps
 from ..ttt_state import FLOAT_DTYPES
 
 
@@ -27,9 +27,7 @@ def _add_rms_norm_kernel(x_ptr, stride_x, res_ptr, stride_r, w_ptr, y_ptr, res_o
     if HAS_RES:
         s += tl.load(res_ptr + row * stride_r + cols, mask=m, other=0.0).to(tl.float32)
     tl.store(res_out_ptr + row * dim + cols, s, mask=m)
-    rstd = 1.0 / tl.sqrt(tl.sum(s * s, axis=0) / dim + eps)
-    w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
-    tl.store(y_ptr + row * dim + cols, (s * rstd * w).to(y_ptr.dtype.element_ty), mask=m)
+    tl.store(y_ptr + row * dim + cols, rms_norm_row(s, w_ptr, cols, m, dim, eps).to(y_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
