@@ -294,25 +294,34 @@ __device__ __forceinline__ uint4 ld_nc16(const void* p) {
   return v;
 }
 
-// A weight matrix block [R x C] (row stride `ld` elements in global memory) into a
-// swizzled tile of dot elements (rows of 2*C bytes, N parts). 16-bit states are copied
-// as they are (cp.async; the caller commits the group); fp32 states are split hi/lo
-// through registers.
-template <class TS, int R, int C>
-__device__ __forceinline__ void load_weight_tile(char* tile, const TS* src, int64_t ld, int tid, int nthreads) {
+// Calls fn(r, ch) for the chunks of an R x CH grid (row-major) that thread `tid` of NT owns:
+// chunks tid, tid + NT, ... With NT a multiple of CH a thread keeps its chunk column and steps
+// its row by NT / CH, so the trip count and every step's address offset are compile-time
+// constants (a loop from tid with a runtime bound cost ~20 instructions of address arithmetic
+// per 16-byte copy: a division, 64-bit pointer math, a remainder loop).
+template <int R, int CH, int NT, class Fn>
+__device__ __forceinline__ void for_chunks(int tid, Fn&& fn) {
+  static_assert(NT % CH == 0, "a thread's chunks share one column");
+  constexpr int RS = NT / CH, ITERS = (R + RS - 1) / RS;
+  const int r0 = tid / CH, ch = tid % CH;
+#pragma unroll
+  for (int k = 0; k < ITERS; ++k)
+    if (R % RS == 0 || r0 + k * RS < R) fn(r0 + k * RS, ch);
+}
+
+// A weight matrix block [R x C] (row stride LD elements in global memory) into a swizzled
+// tile of dot elements (rows of 2*C bytes, N parts), by NT threads. 16-bit states are copied
+// as they are (cp.async; the caller commits the group); fp32 states are split hi/lo through
+// registers.
+template <class TS, int R, int C, int LD, int NT>
+__device__ __forceinline__ void load_weight_tile(char* tile, const TS* src, int tid) {
   constexpr int ROW = 2 * C, CH = C / 8, PART = R * ROW;
   if constexpr (Dot<TS>::N == 1) {
     const uint32_t base = smem_u32(tile);
-#pragma unroll 8
-    for (int i = tid; i < R * CH; i += nthreads) {
-      const int r = i / CH, ch = i % CH;
-      cp_async16(base + swz<ROW>(r, ch), src + r * ld + ch * 8, true);
-    }
+    for_chunks<R, CH, NT>(tid, [&](int r, int ch) { cp_async16(base + swz<ROW>(r, ch), src + r * LD + ch * 8, true); });
   } else {
-#pragma unroll 4
-    for (int i = tid; i < R * CH; i += nthreads) {
-      const int r = i / CH, ch = i % CH;
-      const uint4 u0 = ld_nc16(src + r * ld + ch * 8), u1 = ld_nc16(src + r * ld + ch * 8 + 4);
+    for_chunks<R, CH, NT>(tid, [&](int r, int ch) {
+      const uint4 u0 = ld_nc16(src + r * LD + ch * 8), u1 = ld_nc16(src + r * LD + ch * 8 + 4);
       const float x[8] = {__uint_as_float(u0.x), __uint_as_float(u0.y), __uint_as_float(u0.z), __uint_as_float(u0.w),
                           __uint_as_float(u1.x), __uint_as_float(u1.y), __uint_as_float(u1.z), __uint_as_float(u1.w)};
       uint32_t p[4][2];
@@ -321,48 +330,44 @@ __device__ __forceinline__ void load_weight_tile(char* tile, const TS* src, int6
       char* dst = tile + swz<ROW>(r, ch);
       *reinterpret_cast<uint4*>(dst) = make_uint4(p[0][0], p[1][0], p[2][0], p[3][0]);
       *reinterpret_cast<uint4*>(dst + PART) = make_uint4(p[0][1], p[1][1], p[2][1], p[3][1]);
-    }
+    });
   }
 }
 
 // The inverse of load_weight_tile for a 16-bit state: the swizzled tile [R x C] back to a
 // contiguous block (row stride C elements), in 16-byte stores.
-template <int R, int C, class TS>
-__device__ __forceinline__ void store_weight_tile(TS* dst, const char* tile, int tid, int nthreads) {
+template <int R, int C, int NT, class TS>
+__device__ __forceinline__ void store_weight_tile(TS* dst, const char* tile, int tid) {
   static_assert(Dot<TS>::N == 1, "16-bit states only");
   constexpr int ROW = 2 * C, CH = C / 8;
-#pragma unroll 8
-  for (int i = tid; i < R * CH; i += nthreads) {
-    const int r = i / CH, ch = i % CH;
+  for_chunks<R, CH, NT>(tid, [&](int r, int ch) {
     *reinterpret_cast<uint4*>(dst + r * C + ch * 8) = *reinterpret_cast<const uint4*>(tile + swz<ROW>(r, ch));
-  }
+  });
 }
 
 // The mini-batch so far as 16 raw rows (act dtype, swizzled): cached rows j < t, the
 // current token's k / v at row t, zeros below (they carry lr 0 and must stay finite).
-template <class TA, int F>
+template <class TA, int F, int NT>
 __device__ __forceinline__ void load_minibatch_rows(char* sk, char* sv, const TTTDecodeParams& P, int64_t bh, int t,
-                                                    int tid, int nthreads) {
+                                                    int tid) {
   constexpr int ROW = F * sizeof(TA), CH = ROW / 16, EPC = 16 / sizeof(TA);
   const TA* kc = static_cast<const TA*>(P.k_cache) + bh * P.K * F;
   const TA* vc = static_cast<const TA*>(P.v_cache) + bh * P.K * F;
   const TA* kt = static_cast<const TA*>(P.k) + bh * F;
   const TA* vt = static_cast<const TA*>(P.v) + bh * F;
   const uint32_t bk = smem_u32(sk), bv = smem_u32(sv);
-  for (int i = tid; i < ROWS * CH; i += nthreads) {
-    const int j = i / CH, ch = i % CH;
+  for_chunks<ROWS, CH, NT>(tid, [&](int j, int ch) {
     const bool cached = j < t;
     cp_async16(bk + swz<ROW>(j, ch), (cached ? kc + j * F : kt) + ch * EPC, j <= t);
     cp_async16(bv + swz<ROW>(j, ch), (cached ? vc + j * F : vt) + ch * EPC, j <= t);
-  }
+  });
 }
 
 // raw k rows (act dtype) -> dot-operand tile (rows of 2F bytes, N parts)
-template <class TA, class TS, int F>
-__device__ __forceinline__ void convert_rows(char* dst, const char* src, int tid, int nthreads) {
+template <class TA, class TS, int F, int NT>
+__device__ __forceinline__ void convert_rows(char* dst, const char* src, int tid) {
   constexpr int RAW = F * sizeof(TA), ROW = 2 * F, G = F / 8, PART = ROWS * ROW;
-  for (int i = tid; i < ROWS * G; i += nthreads) {
-    const int j = i / G, grp = i % G;
+  for_chunks<ROWS, G, NT>(tid, [&](int j, int grp) {
     float x[8];
 #pragma unroll
     for (int e = 0; e < 8; e += 2) {
@@ -376,7 +381,7 @@ __device__ __forceinline__ void convert_rows(char* dst, const char* src, int tid
 #pragma unroll
     for (int n = 0; n < Dot<TS>::N; ++n)
       *reinterpret_cast<uint4*>(dst + n * PART + swz<ROW>(j, grp)) = make_uint4(p[0][n], p[1][n], p[2][n], p[3][n]);
-  }
+  });
 }
 
 // The step's scalars for head bh: t = pos mod K, eta_t = max(0, 1/(t+1) + tib[t]), lr.

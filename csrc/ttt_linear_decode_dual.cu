@@ -50,16 +50,16 @@ __global__ void __launch_bounds__(LinearCfg<F, TA, TS>::WARPS * 32)
 
   HeadVectors<F, 32, TS, TA> hv;
   hv.load(P, bh, b, lane);
-  load_weight_tile<TS, F, F>(ws, W, F, lane, 32);
+  load_weight_tile<TS, F, F, F, 32>(ws, W, lane);
   const Token tok = load_token(P, bh);
-  load_minibatch_rows<TA, F>(sk, sv, P, bh, tok.t, lane, 32);
+  load_minibatch_rows<TA, F, 32>(sk, sv, P, bh, tok.t, lane);
   cp_async_commit();
   hv.store(gamma, beta, bias, qv, lane);
   const float lr0 = row_lr(P, bh, tok, g), lr1 = row_lr(P, bh, tok, g + 8);
   cp_async_wait<0>();
   __syncwarp();
   if constexpr (Cfg::CONVERT) {
-    convert_rows<TA, TS, F>(skd, sk, lane, 32);
+    convert_rows<TA, TS, F, 32>(skd, sk, lane);
     __syncwarp();
   }
 

@@ -74,12 +74,12 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
   // head, in two halves: rows F/2.. once the warps are done reading W1's tile, rows ..F/2 once
   // the partial sums that reuse them are read. Either way W1 completes with the rows' group.
   const auto w1_of = [&](int64_t head) { return static_cast<TS*>(P.w[0]) + head * F * FH; };
-  if constexpr (Cfg::PERSIST) load_weight_tile<TS, F, FHC>(smem, w1_of(bh), FH, tid, 128);
+  if constexpr (Cfg::PERSIST) load_weight_tile<TS, F, FHC, FH, 128>(smem, w1_of(bh), tid);
   do {  // the grid never exceeds the heads: every CTA has one (and without PERSIST, only one)
     const auto prefetch_w1_rows = [&](int r0) {  // rows [r0, r0 + F/2) of the next head's W1, as one group
       if constexpr (Cfg::PERSIST) {
         if (bh + step < BH)
-          load_weight_tile<TS, F / 2, FHC>(smem + r0 * Cfg::W1_ROW, w1_of(bh + step) + r0 * FH, FH, tid, 128);
+          load_weight_tile<TS, F / 2, FHC, FH, 128>(smem + r0 * Cfg::W1_ROW, w1_of(bh + step) + r0 * FH, tid);
         cp_async_commit();
       }
     };
@@ -101,10 +101,10 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
     hv.load(P, bh, b2, tid);
     const Token tok = load_token(P, bh);
     const bool last = tok.t == P.K - 1;
-    if constexpr (!Cfg::PERSIST) load_weight_tile<TS, F, FHC>(smem, W1 + hc0, FH, tid, 128);
-    load_minibatch_rows<TA, F>(sk, sv, P, bh, tok.t, tid, 128);
+    if constexpr (!Cfg::PERSIST) load_weight_tile<TS, F, FHC, FH, 128>(smem, W1 + hc0, tid);
+    load_minibatch_rows<TA, F, 128>(sk, sv, P, bh, tok.t, tid);
     cp_async_commit();
-    load_weight_tile<TS, FHC, F>(smem + Cfg::OFF_W2, W2 + static_cast<int64_t>(hc0) * F, F, tid, 128);
+    load_weight_tile<TS, FHC, F, F, 128>(smem + Cfg::OFF_W2, W2 + static_cast<int64_t>(hc0) * F, tid);
     cp_async_commit();
     hv.store(gamma, beta, b2s, qv, tid);
   #pragma unroll
@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
     cp_async_wait<1>();  // W1 and the rows
     __syncthreads();
     if constexpr (Cfg::CONVERT) {
-      convert_rows<TA, TS, F>(skd, sk, tid, 128);
+      convert_rows<TA, TS, F, 128>(skd, sk, tid);
       __syncthreads();
     }
 

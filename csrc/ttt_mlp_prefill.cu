@@ -173,8 +173,8 @@ __global__ void __launch_bounds__(128, 2) ttt_mlp_prefill_kernel(const TTTPrefil
     return s < n ? load_any(D.lr, D.lr_dtype, (b * P.T + s) * D.H + h) : 0.f;
   };
 
-  load_weight_tile<TS, F, FH>(smem, W1, FH, tid, 128);
-  load_weight_tile<TS, FH, F>(smem + Cfg::OFF_W2, W2, F, tid, 128);
+  load_weight_tile<TS, F, FH, FH, 128>(smem, W1, tid);
+  load_weight_tile<TS, FH, F, F, 128>(smem + Cfg::OFF_W2, W2, tid);
   load_rows(0);
   cp_async_commit();
   for (int i = tid; i < F; i += 128) {
@@ -211,8 +211,8 @@ __global__ void __launch_bounds__(128, 2) ttt_mlp_prefill_kernel(const TTTPrefil
     const char *sk = sq + RAW, *sv = sk + RAW;
     uint32_t sQd = smem_u32(sq), sKd = smem_u32(sk);
     if constexpr (Cfg::CONVERT) {
-      convert_rows<TA, TS, F>(smem + Cfg::OFF_DOT, sq, tid, 128);
-      convert_rows<TA, TS, F>(smem + Cfg::OFF_DOT + Cfg::DOT, sk, tid, 128);
+      convert_rows<TA, TS, F, 128>(smem + Cfg::OFF_DOT, sq, tid);
+      convert_rows<TA, TS, F, 128>(smem + Cfg::OFF_DOT + Cfg::DOT, sk, tid);
       __syncthreads();
       sQd = smem_u32(smem + Cfg::OFF_DOT);
       sKd = sQd + Cfg::DOT;
@@ -423,8 +423,8 @@ __global__ void __launch_bounds__(128, 2) ttt_mlp_prefill_kernel(const TTTPrefil
     }
   }
   __syncthreads();  // every warp's slices are final
-  store_weight_tile<F, FH>(W1, smem, tid, 128);
-  store_weight_tile<FH, F>(W2, smem + Cfg::OFF_W2, tid, 128);
+  store_weight_tile<F, FH, 128>(W1, smem, tid);
+  store_weight_tile<FH, F, 128>(W2, smem + Cfg::OFF_W2, tid);
 }
 
 template <class TA, class TS>
