@@ -43,18 +43,142 @@ struct MlpCfg {
   static constexpr int RAW_ROW = F * sizeof(TA), RAW = ROWS * RAW_ROW;
   static constexpr int KD_ROW = 2 * F, KD_PART = ROWS * KD_ROW;
   static constexpr int OFF_W2 = N * W1_PART, OFF_K = OFF_W2 + N * W2_PART, OFF_V = OFF_K + RAW;
-  static constexpr int OFF_KD = OFF_V + RAW, OFF_VEC = OFF_KD + (CONVERT ? N * KD_PART : 0);
+  static constexpr int OFF_KD = OFF_V + RAW;
   static constexpr int RED2 = F + ROWS;  // per warp: its partial of x2_bar W2 and of x2_bar . x2_j
+  // G2 as dot operands (rows of 2F bytes, N parts), written by the warp that owns the row
+  static constexpr int G_ROW = 2 * F, G_PART = ROWS * G_ROW, OFF_G2 = OFF_KD + (CONVERT ? N * KD_PART : 0);
+  static constexpr int OFF_VEC = OFF_G2 + N * G_PART;
+  // each warp derives G2 for RPW rows: LPR lanes a row, CPL chunks of 4 columns a lane
+  static constexpr int RPW = ROWS / WARPS, LPR = 32 / RPW, CPL = F / 4 / LPR;
   // gamma, beta, b2, q (F each), b1 and (q W1) slices (FHC each), RED2 per warp
   static constexpr int SMEM = OFF_VEC + 4 * (4 * F + 2 * FHC + WARPS * RED2);
-  static constexpr int MIN_BLOCKS = SMEM <= 74 * 1024 ? 3 : 2;
+  // 3 CTAs per SM: 228 KB per SM, 1 KB of it reserved per CTA
+  static constexpr int MIN_BLOCKS = SMEM <= 75 * 1024 ? 3 : 2;
   // One CTA per head (16-bit states): the grid is persistent, each CTA walks heads
   // blockIdx.x, + gridDim.x, ... and loads the next head's W1 while it computes the current one
   static constexpr bool PERSIST = CS == 1 && N == 1;
   static_assert(CS >= 1 && CS <= 8 && HS >= 1, "unsupported head dim");
   static_assert(WARPS * NT * 32 * 16 <= N * W1_PART, "the partial sums reuse W1's tile");
-  static_assert(NT % WARPS == 0, "each warp sums NT / WARPS column tiles");
+  static_assert(ROWS % WARPS == 0 && CPL >= 1, "each warp derives whole rows of G2");
 };
+
+// The partial sums of Z2: per warp ROWS rows of F fp32 values in W1's tile, 16-byte chunks
+// XOR-swizzled by row so that the C-fragment stores and the row reads are free of bank conflicts.
+template <int F>
+__device__ __forceinline__ int red_el(int row, int col) {
+  return row * F + 4 * ((col >> 2) ^ (row & 7)) + (col & 3);
+}
+template <int F>
+__device__ __forceinline__ float* red_slot(float* red, int warp) { return red + warp * ROWS * F; }
+
+// G2 = lr * ln_l2_grad(Z2 + b2, V - K) for this warp's RPW rows (Z2 summed over the warps' partial
+// sums of every CTA of the cluster, in one order everywhere), stored as dot operands in G2's tile.
+// Lane l works on row warp * RPW + l / LPR, 4-column chunks l % LPR + LPR h (conflict-free reads);
+// the row statistics are 3-level shuffles among the row's lanes.
+template <int F, class TA, class TS>
+__device__ __forceinline__ void g2_rows(char* smem, const float* gamma, const float* beta, const float* b2s,
+                                        const char* sk, const char* sv, float lr, int warp, int lane) {
+  using Cfg = MlpCfg<F, TA, TS>;
+  constexpr int CPL = Cfg::CPL, LPR = Cfg::LPR, N = Cfg::N;
+  namespace cg = cooperative_groups;
+  const int row = warp * Cfg::RPW + lane / LPR, q = lane % LPR;
+  float* red = reinterpret_cast<float*>(smem);
+  float z[CPL][4];
+#pragma unroll
+  for (int h = 0; h < CPL; ++h) {
+    const int col = 4 * (q + LPR * h);
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int r = 0; r < Cfg::CS; ++r) {
+      const float* src = red;
+      if constexpr (Cfg::CS > 1) src = cg::this_cluster().map_shared_rank(red, r);
+#pragma unroll
+      for (int w = 0; w < Cfg::WARPS; ++w) {
+        const float4 x = *reinterpret_cast<const float4*>(src + w * ROWS * F + red_el<F>(row, col));
+        acc.x += x.x; acc.y += x.y; acc.z += x.z; acc.w += x.w;
+      }
+    }
+    const float4 bb = *reinterpret_cast<const float4*>(b2s + col);
+    z[h][0] = acc.x + bb.x; z[h][1] = acc.y + bb.y; z[h][2] = acc.z + bb.z; z[h][3] = acc.w + bb.w;
+  }
+  const auto row_sum = [](float x) {
+#pragma unroll
+    for (int m = 1; m < LPR; m *= 2) x += __shfl_xor_sync(FULL, x, m);
+    return x;
+  };
+  float m = 0.f;
+#pragma unroll
+  for (int h = 0; h < CPL; ++h) m += (z[h][0] + z[h][1]) + (z[h][2] + z[h][3]);
+  m = row_sum(m) * (1.f / F);
+  float var = 0.f;
+#pragma unroll
+  for (int h = 0; h < CPL; ++h)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      z[h][i] -= m;
+      var += z[h][i] * z[h][i];
+    }
+  const float rstd = rsqrtf(row_sum(var) * (1.f / F) + LN_EPS);
+  float gh[CPL][4], s1 = 0.f, s2 = 0.f;
+#pragma unroll
+  for (int h = 0; h < CPL; ++h) {
+    const int col = 4 * (q + LPR * h);
+    const float4 ga = *reinterpret_cast<const float4*>(gamma + col), be = *reinterpret_cast<const float4*>(beta + col);
+    const float gv[4] = {ga.x, ga.y, ga.z, ga.w}, bv[4] = {be.x, be.y, be.z, be.w};
+#pragma unroll
+    for (int i = 0; i < 4; i += 2) {
+      const float2 k = ld2(reinterpret_cast<const TA*>(sk + swz_el<Cfg::RAW_ROW, sizeof(TA)>(row, col + i)));
+      const float2 v = ld2(reinterpret_cast<const TA*>(sv + swz_el<Cfg::RAW_ROW, sizeof(TA)>(row, col + i)));
+      const float tg[2] = {v.x - k.x, v.y - k.y};
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float& x = z[h][i + e];
+        x *= rstd;  // now x_hat
+        gh[h][i + e] = (gv[i + e] * x + bv[i + e] - tg[e]) * gv[i + e];
+        s1 += gh[h][i + e];
+        s2 += gh[h][i + e] * x;
+      }
+    }
+  }
+  s1 = row_sum(s1);
+  s2 = row_sum(s2);
+  const float f = rstd * (1.f / F) * lr;
+  char* tile = smem + Cfg::OFF_G2;
+#pragma unroll
+  for (int h = 0; h < CPL; ++h) {
+    float gr[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) gr[i] = (F * gh[h][i] - s1 - z[h][i] * s2) * f;
+    uint32_t p0[N], p1[N];
+    pack<TS>(p0, gr[0], gr[1]);
+    pack<TS>(p1, gr[2], gr[3]);
+#pragma unroll
+    for (int n = 0; n < N; ++n)
+      *reinterpret_cast<uint2*>(tile + n * Cfg::G_PART + swz_el<Cfg::G_ROW, 2>(row, 4 * (q + LPR * h))) =
+          make_uint2(p0[n], p1[n]);
+  }
+}
+
+// An A fragment whose rows 0-7 are the vector x (this thread's elements 2c, 2c + 1, 2c + 8, 2c + 9)
+// and rows 8-15 ones: its product with a B tile of 16 rows gives sum_j x_j B_j in every row g and
+// sum_j B_j in every row g + 8 (the row sums of the dual form and the bias updates, in one mma).
+template <class TS>
+__device__ __forceinline__ void row_sums_a(uint32_t (&a)[Dot<TS>::N][4], float x0, float x1, float x8, float x9) {
+  uint32_t lo[Dot<TS>::N], hi[Dot<TS>::N], one[Dot<TS>::N];
+  pack<TS>(lo, x0, x1);
+  pack<TS>(hi, x8, x9);
+  pack<TS>(one, 1.f, 1.f);
+#pragma unroll
+  for (int n = 0; n < Dot<TS>::N; ++n) {
+    a[n][0] = lo[n]; a[n][1] = one[n]; a[n][2] = hi[n]; a[n][3] = one[n];
+  }
+}
+
+// two weights w of a rank-16 update: w - eta d
+template <class TS>
+__device__ __forceinline__ void update2(TS* p, float2 w, float d0, float d1, float eta) {
+  st2(p, w.x - eta * d0, w.y - eta * d1);
+}
 
 template <int F, class TA, class TS>
 __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
@@ -110,7 +234,7 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
   #pragma unroll
     for (int k = 0; k < PB1; ++k)
       if (tid + 128 * k < FHC) b1s[tid + 128 * k] = b1v[k];
-    const float lr0 = row_lr(P, bh, tok, g), lr1 = row_lr(P, bh, tok, g + 8);
+    const float lr_row = row_lr(P, bh, tok, warp * Cfg::RPW + lane / Cfg::LPR);  // g2_rows' row
     cp_async_wait<1>();  // W1 and the rows
     __syncthreads();
     if constexpr (Cfg::CONVERT) {
@@ -149,61 +273,39 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
         zqs[hw0 + 16 * mt + 8 + g] = zq[mt][2];
       }
     }
-    const float a0 = __shfl_sync(FULL, at[0], lane & ~3) + 1.f, a1 = __shfl_sync(FULL, at[2], lane & ~3) + 1.f;
+    // attn_j + 1 of rows j = 2c, 2c + 1, 2c + 8, 2c + 9: this thread's columns of an A fragment
+    // whose rows 0-7 are that vector (K q sits in column 0, threads c = 0, rows g and g + 8)
+    const float a_2c = __shfl_sync(FULL, at[0], 8 * c) + 1.f, a_2c1 = __shfl_sync(FULL, at[0], 8 * c + 4) + 1.f;
+    const float a_2c8 = __shfl_sync(FULL, at[2], 8 * c) + 1.f, a_2c9 = __shfl_sync(FULL, at[2], 8 * c + 4) + 1.f;
 
     cp_async_wait<0>();  // W2
     __syncthreads();     // also: every warp is done reading W1's tile, which now holds partial sums
     prefetch_w1_rows(F / 2);
 
-    // ---- Z2 = X2 W2 + b2: this warp's partial over its hidden slice, then summed
-    float z2[NT][4] = {};
+    // ---- Z2 = X2 W2: this warp's partial over its hidden slice, to its slot of W1's tile
+    {
+      float z2[NT][4] = {};
   #pragma unroll
-    for (int s = 0; s < HS; ++s) mma_w_rows<TS, NT / 2, Cfg::W2_PART, Cfg::W2_ROW>(z2, xa[s], sW2, hw0 + 16 * s, lane);
-    float4* red = reinterpret_cast<float4*>(smem);  // [warp][NT][lane]: fragment order, conflict-free
+      for (int s = 0; s < HS; ++s) mma_w_rows<TS, NT / 2, Cfg::W2_PART, Cfg::W2_ROW>(z2, xa[s], sW2, hw0 + 16 * s, lane);
+      float* mine = red_slot<F>(reinterpret_cast<float*>(smem), warp);
   #pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-      red[(warp * NT + nt) * 32 + lane] = make_float4(z2[nt][0], z2[nt][1], z2[nt][2], z2[nt][3]);
-    __syncthreads();
-  #pragma unroll
-    for (int i = 0; i < NT / 4; ++i) {  // warp w sums a quarter of the tiles into slot 0
-      const int nt = warp * (NT / 4) + i;
-      float4 s = red[nt * 32 + lane];
-  #pragma unroll
-      for (int w = 1; w < 4; ++w) {
-        const float4 x = red[(w * NT + nt) * 32 + lane];
-        s.x += x.x; s.y += x.y; s.z += x.z; s.w += x.w;
+      for (int nt = 0; nt < NT; ++nt) {
+        st2(mine + red_el<F>(g, 8 * nt + 2 * c), z2[nt][0], z2[nt][1]);
+        st2(mine + red_el<F>(g + 8, 8 * nt + 2 * c), z2[nt][2], z2[nt][3]);
       }
-      red[nt * 32 + lane] = s;
     }
     if constexpr (CS > 1) cg::this_cluster().sync(); else __syncthreads();
-  #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
-  #pragma unroll
-      for (int r = 0; r < CS; ++r) {  // the same order in every CTA: identical G2 everywhere
-        const float4* src = red;
-        if constexpr (CS > 1) src = cg::this_cluster().map_shared_rank(red, r);
-        const float4 x = src[nt * 32 + lane];
-        s.x += x.x; s.y += x.y; s.z += x.z; s.w += x.w;
-      }
-      const float2 bb = *reinterpret_cast<const float2*>(b2s + 8 * nt + 2 * c);
-      z2[nt][0] = s.x + bb.x; z2[nt][1] = s.y + bb.y; z2[nt][2] = s.z + bb.x; z2[nt][3] = s.w + bb.y;
-    }
-    ln_l2_grad_rows<F, TA>(z2, gamma, beta, sk, sv, g, c, lr0, lr1);  // z2 is now G2
+    // ---- G2 = lr * ln_l2_grad(Z2 + b2, V - K): each warp sums and differentiates ROWS / WARPS rows
+    // (every CTA of a cluster all of them, in the same order: identical G2 everywhere) and stores
+    // them as dot operands in G2's tile, read from there by every warp
+    g2_rows<F, TA, TS>(smem, gamma, beta, b2s, sk, sv, lr_row, warp, lane);
+    __syncthreads();
+    const uint32_t sG2 = smem_u32(smem + Cfg::OFF_G2);
 
     // ---- G1 = (G2 W2^T) * gelu'(Z1) for this warp's hidden slice
     uint32_t ga[KS][N][4];
   #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      uint32_t p0[N], p1[N];
-      pack<TS>(p0, z2[nt][0], z2[nt][1]);
-      pack<TS>(p1, z2[nt][2], z2[nt][3]);
-  #pragma unroll
-      for (int n = 0; n < N; ++n) {
-        ga[nt / 2][n][(nt & 1) * 2] = p0[n];
-        ga[nt / 2][n][(nt & 1) * 2 + 1] = p1[n];
-      }
-    }
+    for (int s = 0; s < KS; ++s) ldsm4<N, Cfg::G_PART>(ga[s], sG2 + swz<Cfg::G_ROW>(lane & 15, 2 * s + (lane >> 4)));
     float g1[HT][4] = {};
   #pragma unroll
     for (int s = 0; s < KS; ++s)
@@ -216,61 +318,57 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
         mma<TS>(g1[2 * np], ga[s], b0);
         mma<TS>(g1[2 * np + 1], ga[s], b1f);
       }
-    // z1_bar = zq1 + b1 - eta sum_j attn1_j G1_j, x2_bar = gelu(z1_bar) (columns 8nt+2c+e of the slice)
-    float xb[HT][2];
+    // sum_j (attn_j + 1) G1_j (rows 0-7 of the product) and sum_j G1_j (rows 8-15, b1's update) as
+    // one product with G1 transposed; then z1_bar = zq1 + b1 - eta * that, x2_bar = gelu(z1_bar)
+    uint32_t bg1[HT][N][2];
   #pragma unroll
-    for (int nt = 0; nt < HT; ++nt) {
+    for (int nt = 0; nt < HT; ++nt)
   #pragma unroll
       for (int e = 0; e < 4; ++e) g1[nt][e] *= gp[nt][e];
+    scaled_transposed_b<TS>(bg1, g1, 1.f);
+    uint32_t aa[N][4];
+    row_sums_a<TS>(aa, a_2c, a_2c1, a_2c8, a_2c9);
+    float s1[HT][4] = {}, xb[HT][2];
+  #pragma unroll
+    for (int nt = 0; nt < HT; ++nt) {
+      mma<TS>(s1[nt], aa, bg1[nt]);
   #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int col = hw0 + 8 * nt + 2 * c + e;
-        xb[nt][e] = gelu<Cfg::FAST>(zqs[col] + b1s[col] - tok.eta * col_sum(a0 * g1[nt][e] + a1 * g1[nt][e + 2]));
+        xb[nt][e] = gelu<Cfg::FAST>(zqs[col] + b1s[col] - tok.eta * s1[nt][e]);
       }
     }
-    // ---- partial x2_bar W2 (x2_bar as row 0 of an A tile) and partial x2_bar . x2_j
-    float xw[NT][4] = {};
-    float xx0 = 0.f, xx1 = 0.f;
+    // ---- partial x2_bar W2 (x2_bar as row 0 of an A tile) and partial x2_bar . x2_j (x2_bar as
+    // column 0 of a B tile: the same registers)
+    float xw[NT][4] = {}, xx[4] = {};
   #pragma unroll
     for (int s = 0; s < HS; ++s) {
-      uint32_t xba[N][4], lo[N], hi[N];
+      uint32_t xba[N][4], xbb[N][2], lo[N], hi[N];
       pack<TS>(lo, g == 0 ? xb[2 * s][0] : 0.f, g == 0 ? xb[2 * s][1] : 0.f);
       pack<TS>(hi, g == 0 ? xb[2 * s + 1][0] : 0.f, g == 0 ? xb[2 * s + 1][1] : 0.f);
   #pragma unroll
       for (int n = 0; n < N; ++n) {
         xba[n][0] = lo[n]; xba[n][1] = 0u; xba[n][2] = hi[n]; xba[n][3] = 0u;
+        xbb[n][0] = lo[n]; xbb[n][1] = hi[n];
       }
-  #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        uint32_t u0[N], u1[N];
-  #pragma unroll
-        for (int n = 0; n < N; ++n) {
-          u0[n] = xa[s][n][2 * half];
-          u1[n] = xa[s][n][2 * half + 1];
-        }
-        const float2 x0 = unpack<TS>(u0), x1 = unpack<TS>(u1);
-        xx0 += x0.x * xb[2 * s + half][0] + x0.y * xb[2 * s + half][1];
-        xx1 += x1.x * xb[2 * s + half][0] + x1.y * xb[2 * s + half][1];
-      }
+      mma<TS>(xx, xa[s], xbb);
       mma_w_rows<TS, NT / 2, Cfg::W2_PART, Cfg::W2_ROW>(xw, xba, sW2, hw0 + 16 * s, lane);
     }
-    xx0 = quad_sum(xx0);
-    xx1 = quad_sum(xx1);
     float* my = red2 + warp * Cfg::RED2;
     if (g == 0) {
   #pragma unroll
       for (int nt = 0; nt < NT; ++nt) st2(my + 8 * nt + 2 * c, xw[nt][0], xw[nt][1]);
     }
-    if (c == 0) {
-      my[F + g] = xx0;
-      my[F + g + 8] = xx1;
+    if (c == 0) {  // column 0 of the product: rows g and g + 8
+      my[F + g] = xx[0];
+      my[F + g + 8] = xx[2];
     }
     if constexpr (CS > 1) cg::this_cluster().sync(); else __syncthreads();
     prefetch_w1_rows(0);  // the partial sums in those rows are read
 
     if (rank == 0 && warp == 0) {
       // z2_bar = x2_bar W2 + b2 - eta sum_j (x2_bar.x2_j + 1) G2_j, out = q + LN(z2_bar)
-      float xwt[NT][2] = {}, e0 = 1.f, e1 = 1.f;
+      float xwt[NT][2] = {}, e[4] = {1.f, 1.f, 1.f, 1.f};  // x2_bar.x2_j + 1 at j = 2c, 2c + 1, 2c + 8, 2c + 9
   #pragma unroll
       for (int r = 0; r < CS; ++r) {
         const float* src = red2;
@@ -283,24 +381,26 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
             xwt[nt][0] += x.x;
             xwt[nt][1] += x.y;
           }
-          e0 += src[w * Cfg::RED2 + F + g];
-          e1 += src[w * Cfg::RED2 + F + g + 8];
+          const float2 lo = *reinterpret_cast<const float2*>(src + w * Cfg::RED2 + F + 2 * c);
+          const float2 hi = *reinterpret_cast<const float2*>(src + w * Cfg::RED2 + F + 8 + 2 * c);
+          e[0] += lo.x; e[1] += lo.y; e[2] += hi.x; e[3] += hi.y;
         }
       }
+      // sum_j (x2_bar.x2_j + 1) G2_j (rows 0-7) and sum_j G2_j (rows 8-15, b2's update), G2 from its tile
+      uint32_t ae[N][4];
+      row_sums_a<TS>(ae, e[0], e[1], e[2], e[3]);
+      float s2[NT][4] = {};
+      mma_w_rows<TS, NT / 2, Cfg::G_PART, Cfg::G_ROW>(s2, ae, sG2, 0, lane);
   #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
   #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int col = 8 * nt + 2 * c + e;
-          xwt[nt][e] += b2s[col] - tok.eta * col_sum(e0 * z2[nt][e] + e1 * z2[nt][e + 2]);
-        }
+        for (int k = 0; k < 2; ++k) xwt[nt][k] += b2s[8 * nt + 2 * c + k] - tok.eta * s2[nt][k];
       write_output<F, TA>(xwt, gamma, beta, qv, static_cast<TA*>(P.out) + bh * F, g, c);
       if (last) {
   #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-          const float s0 = col_sum(z2[nt][0] + z2[nt][2]), s1 = col_sum(z2[nt][1] + z2[nt][3]);
           const int col = 8 * nt + 2 * c;
-          if ((nt & 7) == g) st2(b2 + col, b2s[col] - tok.eta * s0, b2s[col + 1] - tok.eta * s1);
+          if ((nt & 7) == g) st2(b2 + col, b2s[col] - tok.eta * s2[nt][2], b2s[col + 1] - tok.eta * s2[nt][3]);
         }
       } else {
         append_cache_row<Cfg::RAW_ROW, TA>(P, bh, F, tok, sk, sv, lane);
@@ -311,13 +411,10 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
       // b1 -= eta sum_j G1_j (this warp's slice)
   #pragma unroll
       for (int nt = 0; nt < HT; ++nt) {
-        const float s0 = col_sum(g1[nt][0] + g1[nt][2]), s1 = col_sum(g1[nt][1] + g1[nt][3]);
         const int col = hw0 + 8 * nt + 2 * c;
-        if (g == 0) st2(b1 + hc0 + col, b1s[col] - tok.eta * s0, b1s[col + 1] - tok.eta * s1);
+        if (g == 0) st2(b1 + hc0 + col, b1s[col] - tok.eta * s1[nt][2], b1s[col + 1] - tok.eta * s1[nt][3]);
       }
-      // W1[:, slice] += K^T (-eta G1): W1's tile was overwritten, so W1 comes from global memory (L2)
-      uint32_t bg[HT][N][2];
-      scaled_transposed_b<TS>(bg, g1, -tok.eta);
+      // W1[:, slice] -= eta K^T G1: W1's tile was overwritten, so W1 comes from global memory (L2)
   #pragma unroll
       for (int mt = 0; mt < KS; ++mt) {
         uint32_t ka[N][4];
@@ -326,16 +423,21 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
         TS* r1 = r0 + 8 * FH;
   #pragma unroll
         for (int nt = 0; nt < HT; ++nt) {
-          const float2 w0 = ld2(r0 + 8 * nt), w1 = ld2(r1 + 8 * nt);
-          float acc[4] = {w0.x, w0.y, w1.x, w1.y};
-          mma<TS>(acc, ka, bg[nt]);
-          st2(r0 + 8 * nt, acc[0], acc[1]);
-          st2(r1 + 8 * nt, acc[2], acc[3]);
+          float d[4] = {};
+          mma<TS>(d, ka, bg1[nt]);
+          update2(r0 + 8 * nt, ld2(r0 + 8 * nt), d[0], d[1], tok.eta);
+          update2(r1 + 8 * nt, ld2(r1 + 8 * nt), d[2], d[3], tok.eta);
         }
       }
-      // W2[slice, :] += X2^T (-eta G2): X2^T's A fragments are X2's, each 8x8 block transposed
+      // W2[slice, :] -= eta X2^T G2: X2^T's A fragments are X2's, each 8x8 block transposed; G2's
+      // B fragments from its tile
       uint32_t bg2[NT][N][2];
-      scaled_transposed_b<TS>(bg2, z2, -tok.eta);
+  #pragma unroll
+      for (int np = 0; np < NT / 2; ++np) {
+        uint32_t r[N][4];
+        ldsm4_t<N, Cfg::G_PART>(r, sG2 + swz<Cfg::G_ROW>((lane & 7) + ((lane >> 3) & 1) * 8, 2 * np + (lane >> 4)));
+        b_halves(r, bg2[2 * np], bg2[2 * np + 1]);
+      }
   #pragma unroll
       for (int s = 0; s < HS; ++s) {
         uint32_t xt[N][4];
@@ -359,10 +461,10 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
             w0 = ld2(r0 + 8 * nt);
             w1 = ld2(r1 + 8 * nt);
           }
-          float acc[4] = {w0.x, w0.y, w1.x, w1.y};
-          mma<TS>(acc, xt, bg2[nt]);
-          st2(r0 + 8 * nt, acc[0], acc[1]);
-          st2(r1 + 8 * nt, acc[2], acc[3]);
+          float d[4] = {};
+          mma<TS>(d, xt, bg2[nt]);
+          update2(r0 + 8 * nt, w0, d[0], d[1], tok.eta);
+          update2(r1 + 8 * nt, w1, d[2], d[3], tok.eta);
         }
       }
     }
