@@ -219,6 +219,27 @@ __device__ __forceinline__ void scaled_transposed_b(uint32_t (&bg)[NT][Dot<TS>::
   }
 }
 
+// An A fragment whose rows 0-7 are the vector x (this thread's elements 2c, 2c + 1, 2c + 8, 2c + 9)
+// and rows 8-15 ones: its product with a B tile of 16 rows gives sum_j x_j B_j in every row g and
+// sum_j B_j in every row g + 8 (the row sums of the dual form and the bias updates, in one mma).
+template <class TS>
+__device__ __forceinline__ void row_sums_a(uint32_t (&a)[Dot<TS>::N][4], float x0, float x1, float x8, float x9) {
+  uint32_t lo[Dot<TS>::N], hi[Dot<TS>::N], one[Dot<TS>::N];
+  pack<TS>(lo, x0, x1);
+  pack<TS>(hi, x8, x9);
+  pack<TS>(one, 1.f, 1.f);
+#pragma unroll
+  for (int n = 0; n < Dot<TS>::N; ++n) {
+    a[n][0] = lo[n]; a[n][1] = one[n]; a[n][2] = hi[n]; a[n][3] = one[n];
+  }
+}
+
+// two weights w of a rank-16 update: w - eta d
+template <class TS>
+__device__ __forceinline__ void update2(TS* p, float2 w, float d0, float d1, float eta) {
+  st2(p, w.x - eta * d0, w.y - eta * d1);
+}
+
 // What every launcher checks before dispatching on the head dim: ``launch(integral_constant<int, F>)``
 // launches the kernel for head dim F and returns nullptr or an error message.
 template <class Launch>

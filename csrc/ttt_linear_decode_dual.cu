@@ -9,8 +9,9 @@
 // over W's k-steps issues three products from each W fragment (ldmatrix.trans):
 // Z = K W (16 rows), attn = K q (q as an n8 column) and (q W)^T = W^T q (the W fragment
 // reused as the A operand of the transposed product). LayerNorm statistics are quad
-// shuffles; the sum over rows is a 3-level shuffle; at the update the row tile of G is
-// transposed in registers (movmatrix) to become the B operand of K^T G.
+// shuffles. G's row tile, transposed in registers (movmatrix), is the B operand of the sums
+// over rows (one product with an A fragment of attn_j + 1 and ones, row_sums_a) and of the
+// update's K^T G.
 #include "ttt_decode_dual.cuh"
 
 namespace ttt {
@@ -79,23 +80,28 @@ __global__ void __launch_bounds__(LinearCfg<F, TA, TS>::WARPS * 32)
       zqs[16 * mt + 8 + g] = zq[mt][2];
     }
   }
-  // attention of q on rows g, g+8 (column 0 of the tile lives in lane 4g)
-  const float a0 = __shfl_sync(FULL, at[0], lane & ~3) + 1.f, a1 = __shfl_sync(FULL, at[2], lane & ~3) + 1.f;
+  // attn_j + 1 of rows j = 2c, 2c + 1, 2c + 8, 2c + 9 (K q sits in column 0: threads c = 0, rows g, g + 8)
+  const float a_2c = __shfl_sync(FULL, at[0], 8 * c) + 1.f, a_2c1 = __shfl_sync(FULL, at[0], 8 * c + 4) + 1.f;
+  const float a_2c8 = __shfl_sync(FULL, at[2], 8 * c) + 1.f, a_2c9 = __shfl_sync(FULL, at[2], 8 * c + 4) + 1.f;
 
   ln_l2_grad_rows<F, TA>(z, gamma, beta, sk, sv, g, c, lr0, lr1);  // z is now G
 
-  float zb[NT][2];
+  // G transposed as B operands: sum_j (attn_j + 1) G_j and sum_j G_j (b's update) in one product
+  // per column tile, and the update's K^T G
+  uint32_t bg[NT][N][2];
+  scaled_transposed_b<TS>(bg, z, 1.f);
+  uint32_t aa[N][4];
+  row_sums_a<TS>(aa, a_2c, a_2c1, a_2c8, a_2c9);
+  float sg[NT][4] = {}, zb[NT][2];
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-    for (int e = 0; e < 2; ++e) zb[nt][e] = col_sum(a0 * z[nt][e] + a1 * z[nt][e + 2]);
+  for (int nt = 0; nt < NT; ++nt) mma<TS>(sg[nt], aa, bg[nt]);
   __syncwarp();  // zqs
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int col = 8 * nt + 2 * c + e;
-      zb[nt][e] = zqs[col] + bias[col] - tok.eta * zb[nt][e];
+      zb[nt][e] = zqs[col] + bias[col] - tok.eta * sg[nt][e];
     }
   write_output<F, TA>(zb, gamma, beta, qv, static_cast<TA*>(P.out) + bh * F, g, c);
 
@@ -103,13 +109,10 @@ __global__ void __launch_bounds__(LinearCfg<F, TA, TS>::WARPS * 32)
     // b -= eta sum_j G_j
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
-      const float s0 = col_sum(z[nt][0] + z[nt][2]), s1 = col_sum(z[nt][1] + z[nt][3]);
       const int col = 8 * nt + 2 * c;
-      if ((nt & 7) == g) st2(b + col, bias[col] - tok.eta * s0, bias[col + 1] - tok.eta * s1);
+      if ((nt & 7) == g) st2(b + col, bias[col] - tok.eta * sg[nt][2], bias[col + 1] - tok.eta * sg[nt][3]);
     }
-    // W += K^T (-eta G): B operand = (-eta G) transposed 8x8 block by block
-    uint32_t bg[NT][N][2];
-    scaled_transposed_b<TS>(bg, z, -tok.eta);
+    // W -= eta K^T G
 #pragma unroll
     for (int mt = 0; mt < KS; ++mt) {
       uint32_t ka[N][4];
@@ -127,10 +130,10 @@ __global__ void __launch_bounds__(LinearCfg<F, TA, TS>::WARPS * 32)
           w0 = ld2(W + r0 * F + col);
           w1 = ld2(W + r1 * F + col);
         }
-        float acc[4] = {w0.x, w0.y, w1.x, w1.y};
-        mma<TS>(acc, ka, bg[nt]);
-        st2(W + r0 * F + col, acc[0], acc[1]);
-        st2(W + r1 * F + col, acc[2], acc[3]);
+        float d[4] = {};
+        mma<TS>(d, ka, bg[nt]);
+        update2(W + r0 * F + col, w0, d[0], d[1], tok.eta);
+        update2(W + r1 * F + col, w1, d[2], d[3], tok.eta);
       }
     }
   } else {

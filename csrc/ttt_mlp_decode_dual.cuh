@@ -12,10 +12,12 @@
 // one CTA of 4 warps when its W1 and W2 fit in 64 KB of shared memory (F = 64, 16-bit
 // state: 3 CTAs per SM), else a cluster of CS CTAs, each holding its slice of W1 and W2
 // (F = 128, or fp32 state). Each warp computes its slice of Z1 / X2 (C fragments become
-// the A fragments of the next product in registers), its partial of X2 W2, then the
-// partials are summed through shared memory (and DSMEM across the cluster); every warp
-// derives G2 for all rows, its slice of G1, z1_bar, x2_bar and its partial of x2_bar W2,
-// summed again; warp 0 of CTA 0 finishes the output. Each weight is read from global
+// the A fragments of the next product in registers), its partial of X2 W2; each warp sums
+// the partials of 4 of the 16 rows (through shared memory, and DSMEM across the cluster),
+// derives their G2 and stores it in a shared tile of dot operands; then every warp forms its
+// slice of G1, z1_bar, x2_bar and its partial of x2_bar W2, summed again; warp 0 of CTA 0
+// finishes the output. Sums over the mini-batch rows are tensor-core products with a
+// one-vector A fragment (row_sums_a), not shuffles. Each weight is read from global
 // memory once per step (cp.async into swizzled tiles; W2 in a second group so the first
 // product overlaps its arrival); at the mini-batch end every warp updates its slices.
 // With one CTA per head the grid is persistent (as many CTAs as fit at once) and a CTA loads
@@ -157,27 +159,6 @@ __device__ __forceinline__ void g2_rows(char* smem, const float* gamma, const fl
       *reinterpret_cast<uint2*>(tile + n * Cfg::G_PART + swz_el<Cfg::G_ROW, 2>(row, 4 * (q + LPR * h))) =
           make_uint2(p0[n], p1[n]);
   }
-}
-
-// An A fragment whose rows 0-7 are the vector x (this thread's elements 2c, 2c + 1, 2c + 8, 2c + 9)
-// and rows 8-15 ones: its product with a B tile of 16 rows gives sum_j x_j B_j in every row g and
-// sum_j B_j in every row g + 8 (the row sums of the dual form and the bias updates, in one mma).
-template <class TS>
-__device__ __forceinline__ void row_sums_a(uint32_t (&a)[Dot<TS>::N][4], float x0, float x1, float x8, float x9) {
-  uint32_t lo[Dot<TS>::N], hi[Dot<TS>::N], one[Dot<TS>::N];
-  pack<TS>(lo, x0, x1);
-  pack<TS>(hi, x8, x9);
-  pack<TS>(one, 1.f, 1.f);
-#pragma unroll
-  for (int n = 0; n < Dot<TS>::N; ++n) {
-    a[n][0] = lo[n]; a[n][1] = one[n]; a[n][2] = hi[n]; a[n][3] = one[n];
-  }
-}
-
-// two weights w of a rank-16 update: w - eta d
-template <class TS>
-__device__ __forceinline__ void update2(TS* p, float2 w, float d0, float d1, float eta) {
-  st2(p, w.x - eta * d0, w.y - eta * d1);
 }
 
 template <int F, class TA, class TS>
