@@ -76,84 +76,91 @@ __device__ __forceinline__ float* red_slot(float* red, int warp) { return red + 
 // G2 = lr * ln_l2_grad(Z2 + b2, V - K) for this warp's RPW rows (Z2 summed over the warps' partial
 // sums of every CTA of the cluster, in one order everywhere), stored as dot operands in G2's tile.
 // Lane l works on row warp * RPW + l / LPR, 4-column chunks l % LPR + LPR h (conflict-free reads);
-// the row statistics are 3-level shuffles among the row's lanes.
+// the row statistics are 3-level shuffles among the row's lanes. A warp whose rows all lie past
+// the token (t) writes zeros: at the mean t = 7.5, 1.5 of the 4 warps skip the work.
 template <int F, class TA, class TS>
 __device__ __forceinline__ void g2_rows(char* smem, const float* gamma, const float* beta, const float* b2s,
-                                        const char* sk, const char* sv, float lr, int warp, int lane) {
+                                        const char* sk, const char* sv, float lr, int t, int warp, int lane) {
   using Cfg = MlpCfg<F, TA, TS>;
   constexpr int CPL = Cfg::CPL, LPR = Cfg::LPR, N = Cfg::N;
   namespace cg = cooperative_groups;
   const int row = warp * Cfg::RPW + lane / LPR, q = lane % LPR;
-  float* red = reinterpret_cast<float*>(smem);
-  float z[CPL][4];
+  float gr[CPL][4] = {};  // stays 0 for a warp whose rows are not in the mini-batch yet (warp-uniform)
+  if (warp * Cfg::RPW <= t) {
+    float* red = reinterpret_cast<float*>(smem);
+    float z[CPL][4];
 #pragma unroll
-  for (int h = 0; h < CPL; ++h) {
-    const int col = 4 * (q + LPR * h);
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int h = 0; h < CPL; ++h) {
+      const int col = 4 * (q + LPR * h);
+      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-    for (int r = 0; r < Cfg::CS; ++r) {
-      const float* src = red;
-      if constexpr (Cfg::CS > 1) src = cg::this_cluster().map_shared_rank(red, r);
+      for (int r = 0; r < Cfg::CS; ++r) {
+        const float* src = red;
+        if constexpr (Cfg::CS > 1) src = cg::this_cluster().map_shared_rank(red, r);
 #pragma unroll
-      for (int w = 0; w < Cfg::WARPS; ++w) {
-        const float4 x = *reinterpret_cast<const float4*>(src + w * ROWS * F + red_el<F>(row, col));
-        acc.x += x.x; acc.y += x.y; acc.z += x.z; acc.w += x.w;
+        for (int w = 0; w < Cfg::WARPS; ++w) {
+          const float4 x = *reinterpret_cast<const float4*>(src + w * ROWS * F + red_el<F>(row, col));
+          acc.x += x.x; acc.y += x.y; acc.z += x.z; acc.w += x.w;
+        }
+      }
+      const float4 bb = *reinterpret_cast<const float4*>(b2s + col);
+      z[h][0] = acc.x + bb.x; z[h][1] = acc.y + bb.y; z[h][2] = acc.z + bb.z; z[h][3] = acc.w + bb.w;
+    }
+    const auto row_sum = [](float x) {
+#pragma unroll
+      for (int m = 1; m < LPR; m *= 2) x += __shfl_xor_sync(FULL, x, m);
+      return x;
+    };
+    float m = 0.f;
+#pragma unroll
+    for (int h = 0; h < CPL; ++h) m += (z[h][0] + z[h][1]) + (z[h][2] + z[h][3]);
+    m = row_sum(m) * (1.f / F);
+    float var = 0.f;
+#pragma unroll
+    for (int h = 0; h < CPL; ++h)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        z[h][i] -= m;
+        var += z[h][i] * z[h][i];
+      }
+    const float rstd = rsqrtf(row_sum(var) * (1.f / F) + LN_EPS);
+    float s1 = 0.f, s2 = 0.f;
+#pragma unroll
+    for (int h = 0; h < CPL; ++h) {
+      const int col = 4 * (q + LPR * h);
+      const float4 ga = *reinterpret_cast<const float4*>(gamma + col);
+      const float4 be = *reinterpret_cast<const float4*>(beta + col);
+      const float gv[4] = {ga.x, ga.y, ga.z, ga.w}, bv[4] = {be.x, be.y, be.z, be.w};
+#pragma unroll
+      for (int i = 0; i < 4; i += 2) {
+        const float2 k = ld2(reinterpret_cast<const TA*>(sk + swz_el<Cfg::RAW_ROW, sizeof(TA)>(row, col + i)));
+        const float2 v = ld2(reinterpret_cast<const TA*>(sv + swz_el<Cfg::RAW_ROW, sizeof(TA)>(row, col + i)));
+        const float tg[2] = {v.x - k.x, v.y - k.y};
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = z[h][i + e];
+          x *= rstd;  // now x_hat
+          float& gh = gr[h][i + e];
+          gh = (gv[i + e] * x + bv[i + e] - tg[e]) * gv[i + e];
+          s1 += gh;
+          s2 += gh * x;
+        }
       }
     }
-    const float4 bb = *reinterpret_cast<const float4*>(b2s + col);
-    z[h][0] = acc.x + bb.x; z[h][1] = acc.y + bb.y; z[h][2] = acc.z + bb.z; z[h][3] = acc.w + bb.w;
+    s1 = row_sum(s1);
+    s2 = row_sum(s2);
+    const float f = rstd * (1.f / F) * lr;
+#pragma unroll
+    for (int h = 0; h < CPL; ++h)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) gr[h][i] = (F * gr[h][i] - s1 - z[h][i] * s2) * f;
   }
-  const auto row_sum = [](float x) {
-#pragma unroll
-    for (int m = 1; m < LPR; m *= 2) x += __shfl_xor_sync(FULL, x, m);
-    return x;
-  };
-  float m = 0.f;
-#pragma unroll
-  for (int h = 0; h < CPL; ++h) m += (z[h][0] + z[h][1]) + (z[h][2] + z[h][3]);
-  m = row_sum(m) * (1.f / F);
-  float var = 0.f;
-#pragma unroll
-  for (int h = 0; h < CPL; ++h)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      z[h][i] -= m;
-      var += z[h][i] * z[h][i];
-    }
-  const float rstd = rsqrtf(row_sum(var) * (1.f / F) + LN_EPS);
-  float gh[CPL][4], s1 = 0.f, s2 = 0.f;
-#pragma unroll
-  for (int h = 0; h < CPL; ++h) {
-    const int col = 4 * (q + LPR * h);
-    const float4 ga = *reinterpret_cast<const float4*>(gamma + col), be = *reinterpret_cast<const float4*>(beta + col);
-    const float gv[4] = {ga.x, ga.y, ga.z, ga.w}, bv[4] = {be.x, be.y, be.z, be.w};
-#pragma unroll
-    for (int i = 0; i < 4; i += 2) {
-      const float2 k = ld2(reinterpret_cast<const TA*>(sk + swz_el<Cfg::RAW_ROW, sizeof(TA)>(row, col + i)));
-      const float2 v = ld2(reinterpret_cast<const TA*>(sv + swz_el<Cfg::RAW_ROW, sizeof(TA)>(row, col + i)));
-      const float tg[2] = {v.x - k.x, v.y - k.y};
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        float& x = z[h][i + e];
-        x *= rstd;  // now x_hat
-        gh[h][i + e] = (gv[i + e] * x + bv[i + e] - tg[e]) * gv[i + e];
-        s1 += gh[h][i + e];
-        s2 += gh[h][i + e] * x;
-      }
-    }
-  }
-  s1 = row_sum(s1);
-  s2 = row_sum(s2);
-  const float f = rstd * (1.f / F) * lr;
   char* tile = smem + Cfg::OFF_G2;
 #pragma unroll
   for (int h = 0; h < CPL; ++h) {
-    float gr[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) gr[i] = (F * gh[h][i] - s1 - z[h][i] * s2) * f;
     uint32_t p0[N], p1[N];
-    pack<TS>(p0, gr[0], gr[1]);
-    pack<TS>(p1, gr[2], gr[3]);
+    pack<TS>(p0, gr[h][0], gr[h][1]);
+    pack<TS>(p1, gr[h][2], gr[h][3]);
 #pragma unroll
     for (int n = 0; n < N; ++n)
       *reinterpret_cast<uint2*>(tile + n * Cfg::G_PART + swz_el<Cfg::G_ROW, 2>(row, 4 * (q + LPR * h))) =
@@ -279,7 +286,7 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
     // ---- G2 = lr * ln_l2_grad(Z2 + b2, V - K): each warp sums and differentiates ROWS / WARPS rows
     // (every CTA of a cluster all of them, in the same order: identical G2 everywhere) and stores
     // them as dot operands in G2's tile, read from there by every warp
-    g2_rows<F, TA, TS>(smem, gamma, beta, b2s, sk, sv, lr_row, warp, lane);
+    g2_rows<F, TA, TS>(smem, gamma, beta, b2s, sk, sv, lr_row, tok.t, warp, lane);
     __syncthreads();
     const uint32_t sG2 = smem_u32(smem + Cfg::OFF_G2);
 
