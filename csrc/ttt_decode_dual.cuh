@@ -550,62 +550,65 @@ __device__ __forceinline__ void mma_w_rows(float (&acc)[2 * NP][4], const uint32
 }
 
 // d/dz of 0.5 * ||LN(z) - (v - k)||^2 for the 16 rows of z (C layout, NT n-tiles = F
-// columns), scaled by each row's lr; in place. k, v: the raw row tiles (act dtype).
-template <int F, class TA>
+// columns), scaled by each row's lr; in place. k, v: the raw row tiles (act dtype). A thread
+// holds rows g (elements 0, 1 of each n-tile) and g + 8 (elements 2, 3); without ROWS8 rows
+// 8-15 are padding (a token at t < 8, warp-uniform): their G is 0 and only rows 0-7 are derived.
+template <int F, class TA, bool ROWS8 = true>
 __device__ __forceinline__ void ln_l2_grad_rows(float (&z)[F / 8][4], const float* gamma, const float* beta,
                                                 const char* sk, const char* sv, int g, int c, float lr0, float lr1) {
-  constexpr int NT = F / 8, RAW = F * sizeof(TA);
-  float m0 = 0.f, m1 = 0.f;
+  constexpr int NT = F / 8, RAW = F * sizeof(TA), P = ROWS8 ? 2 : 1;  // row g + 8p: elements 2p, 2p + 1
+  float m[2] = {0.f, 0.f}, v[2] = {0.f, 0.f}, r[2], s1[2] = {0.f, 0.f}, s2[2] = {0.f, 0.f};
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    m0 += z[nt][0] + z[nt][1];
-    m1 += z[nt][2] + z[nt][3];
-  }
-  m0 = quad_sum(m0) * (1.f / F);
-  m1 = quad_sum(m1) * (1.f / F);
-  float v0 = 0.f, v1 = 0.f;
+  for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    z[nt][0] -= m0;
-    z[nt][1] -= m0;
-    z[nt][2] -= m1;
-    z[nt][3] -= m1;
-    v0 += z[nt][0] * z[nt][0] + z[nt][1] * z[nt][1];
-    v1 += z[nt][2] * z[nt][2] + z[nt][3] * z[nt][3];
-  }
-  const float r0 = rsqrtf(quad_sum(v0) * (1.f / F) + LN_EPS), r1 = rsqrtf(quad_sum(v1) * (1.f / F) + LN_EPS);
-  float gh[NT][4], s10 = 0.f, s11 = 0.f, s20 = 0.f, s21 = 0.f;
+    for (int p = 0; p < P; ++p) m[p] += z[nt][2 * p] + z[nt][2 * p + 1];
+#pragma unroll
+  for (int p = 0; p < P; ++p) m[p] = quad_sum(m[p]) * (1.f / F);
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      z[nt][2 * p] -= m[p];
+      z[nt][2 * p + 1] -= m[p];
+      v[p] += z[nt][2 * p] * z[nt][2 * p] + z[nt][2 * p + 1] * z[nt][2 * p + 1];
+    }
+#pragma unroll
+  for (int p = 0; p < P; ++p) r[p] = rsqrtf(quad_sum(v[p]) * (1.f / F) + LN_EPS);
+  float gh[NT][4];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     const int col = 8 * nt + 2 * c;
     const float2 ga = *reinterpret_cast<const float2*>(gamma + col), be = *reinterpret_cast<const float2*>(beta + col);
-    const float2 k0 = ld2(reinterpret_cast<const TA*>(sk + swz_el<RAW, sizeof(TA)>(g, col)));
-    const float2 v0_ = ld2(reinterpret_cast<const TA*>(sv + swz_el<RAW, sizeof(TA)>(g, col)));
-    const float2 k1 = ld2(reinterpret_cast<const TA*>(sk + swz_el<RAW, sizeof(TA)>(g + 8, col)));
-    const float2 v1_ = ld2(reinterpret_cast<const TA*>(sv + swz_el<RAW, sizeof(TA)>(g + 8, col)));
-    const float tg[4] = {v0_.x - k0.x, v0_.y - k0.y, v1_.x - k1.x, v1_.y - k1.y};
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const float gm = (e & 1) ? ga.y : ga.x, bt = (e & 1) ? be.y : be.x;
-      z[nt][e] *= e < 2 ? r0 : r1;  // now x_hat
-      gh[nt][e] = (gm * z[nt][e] + bt - tg[e]) * gm;
+    for (int p = 0; p < P; ++p) {
+      const float2 k = ld2(reinterpret_cast<const TA*>(sk + swz_el<RAW, sizeof(TA)>(g + 8 * p, col)));
+      const float2 vv = ld2(reinterpret_cast<const TA*>(sv + swz_el<RAW, sizeof(TA)>(g + 8 * p, col)));
+      const float tg[2] = {vv.x - k.x, vv.y - k.y};
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float gm = e ? ga.y : ga.x, bt = e ? be.y : be.x;
+        float& x = z[nt][2 * p + e];
+        x *= r[p];  // now x_hat
+        gh[nt][2 * p + e] = (gm * x + bt - tg[e]) * gm;
+      }
+      s1[p] += gh[nt][2 * p] + gh[nt][2 * p + 1];
+      s2[p] += gh[nt][2 * p] * z[nt][2 * p] + gh[nt][2 * p + 1] * z[nt][2 * p + 1];
     }
-    s10 += gh[nt][0] + gh[nt][1];
-    s11 += gh[nt][2] + gh[nt][3];
-    s20 += gh[nt][0] * z[nt][0] + gh[nt][1] * z[nt][1];
-    s21 += gh[nt][2] * z[nt][2] + gh[nt][3] * z[nt][3];
   }
-  s10 = quad_sum(s10);
-  s11 = quad_sum(s11);
-  s20 = quad_sum(s20);
-  s21 = quad_sum(s21);
-  const float f0 = r0 * (1.f / F) * lr0, f1 = r1 * (1.f / F) * lr1;
+  const float lr[2] = {lr0, lr1};
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    z[nt][0] = (F * gh[nt][0] - s10 - z[nt][0] * s20) * f0;
-    z[nt][1] = (F * gh[nt][1] - s10 - z[nt][1] * s20) * f0;
-    z[nt][2] = (F * gh[nt][2] - s11 - z[nt][2] * s21) * f1;
-    z[nt][3] = (F * gh[nt][3] - s11 - z[nt][3] * s21) * f1;
+  for (int p = 0; p < P; ++p) {
+    s1[p] = quad_sum(s1[p]);
+    s2[p] = quad_sum(s2[p]);
+    const float f = r[p] * (1.f / F) * lr[p];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) z[nt][2 * p + e] = (F * gh[nt][2 * p + e] - s1[p] - z[nt][2 * p + e] * s2[p]) * f;
+  }
+  if constexpr (!ROWS8) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) z[nt][2] = z[nt][3] = 0.f;
   }
 }
 

@@ -84,7 +84,11 @@ __global__ void __launch_bounds__(LinearCfg<F, TA, TS>::WARPS * 32)
   const float a_2c = __shfl_sync(FULL, at[0], 8 * c) + 1.f, a_2c1 = __shfl_sync(FULL, at[0], 8 * c + 4) + 1.f;
   const float a_2c8 = __shfl_sync(FULL, at[2], 8 * c) + 1.f, a_2c9 = __shfl_sync(FULL, at[2], 8 * c + 4) + 1.f;
 
-  ln_l2_grad_rows<F, TA>(z, gamma, beta, sk, sv, g, c, lr0, lr1);  // z is now G
+  // z is now G; before t = 8 rows 8-15 are padding (half the steps of a mini-batch of 16)
+  if (tok.t >= 8)
+    ln_l2_grad_rows<F, TA>(z, gamma, beta, sk, sv, g, c, lr0, lr1);
+  else
+    ln_l2_grad_rows<F, TA, false>(z, gamma, beta, sk, sv, g, c, lr0, lr1);
 
   // G transposed as B operands: sum_j (attn_j + 1) G_j and sum_j G_j (b's update) in one product
   // per column tile, and the update's K^T G
