@@ -234,24 +234,30 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
     const uint32_t sW1 = smem_u32(smem), sW2 = smem_u32(smem + Cfg::OFF_W2), sKd = smem_u32(skd);
     float gp[HT][4] = {}, at[4] = {}, zq[HS][4] = {};
     kw_pass<TS, KS, HS, Cfg::KD_PART, Cfg::KD_ROW, Cfg::W1_PART, Cfg::W1_ROW>(gp, at, zq, sKd, sW1, hw0 / 8, qv, lane);
-    // X2 = gelu(Z1 + b1) as the A fragments of the products over the hidden dim; keep gelu'(Z1)
+    // X2 = gelu(Z1 + b1) as the A fragments of the products over the hidden dim; keep gelu'(Z1).
+    // Before t = 8 the rows 8-15 are padding: X2 and gelu' are 0 there, not computed (their G2 is 0)
     uint32_t xa[HS][N][4];
+    const auto gelu_rows = [&](int p) {  // row g + 8p: elements 2p, 2p + 1 of every n-tile
   #pragma unroll
-    for (int nt = 0; nt < HT; ++nt) {
-      const float2 bb = *reinterpret_cast<const float2*>(b1s + hw0 + 8 * nt + 2 * c);
-      float x[4];
+      for (int nt = 0; nt < HT; ++nt) {
+        const float2 bb = *reinterpret_cast<const float2*>(b1s + hw0 + 8 * nt + 2 * c);
+        const float x0 = gelu<Cfg::FAST>(gp[nt][2 * p] + bb.x, &gp[nt][2 * p]);
+        const float x1 = gelu<Cfg::FAST>(gp[nt][2 * p + 1] + bb.y, &gp[nt][2 * p + 1]);
+        uint32_t pk[N];
+        pack<TS>(pk, x0, x1);
   #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float zz = gp[nt][e] + ((e & 1) ? bb.y : bb.x);
-        x[e] = gelu<Cfg::FAST>(zz, &gp[nt][e]);
+        for (int n = 0; n < N; ++n) xa[nt / 2][n][(nt & 1) * 2 + p] = pk[n];
       }
-      uint32_t p0[N], p1[N];
-      pack<TS>(p0, x[0], x[1]);
-      pack<TS>(p1, x[2], x[3]);
+    };
+    gelu_rows(0);
+    if (tok.t >= 8) {
+      gelu_rows(1);
+    } else {
   #pragma unroll
-      for (int n = 0; n < N; ++n) {
-        xa[nt / 2][n][(nt & 1) * 2] = p0[n];
-        xa[nt / 2][n][(nt & 1) * 2 + 1] = p1[n];
+      for (int nt = 0; nt < HT; ++nt) {
+        gp[nt][2] = gp[nt][3] = 0.f;
+  #pragma unroll
+        for (int n = 0; n < N; ++n) xa[nt / 2][n][(nt & 1) * 2 + 1] = 0u;
       }
     }
     if (c == 0) {
