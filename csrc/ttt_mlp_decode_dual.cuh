@@ -60,7 +60,8 @@ struct MlpCfg {
   // blockIdx.x, + gridDim.x, ... and loads the next head's W1 while it computes the current one
   static constexpr bool PERSIST = CS == 1 && N == 1;
   static_assert(CS >= 1 && CS <= 8 && HS >= 1, "unsupported head dim");
-  static_assert(WARPS * NT * 32 * 16 <= N * W1_PART, "the partial sums reuse W1's tile");
+  // the partial sums of Z2 reuse W1's tile: with PERSIST only rows 0..F/2, the rest takes the next head's W1
+  static_assert(WARPS * ROWS * F * 4 <= N * W1_PART / (PERSIST ? 2 : 1), "the partial sums reuse W1's tile");
   static_assert(ROWS % WARPS == 0 && CPL >= 1, "each warp derives whole rows of G2");
 };
 
