@@ -186,8 +186,12 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
   // with PERSIST, W1 of the CTA's first head; each later head's W1 is loaded during the previous
   // head, in two halves: rows F/2.. once the warps are done reading W1's tile, rows ..F/2 once
   // the partial sums that reuse them are read. Either way W1 completes with the rows' group.
+  // The next head's W2 follows once the last product with W2 is done, unless the head ends its
+  // mini-batch (the update reads W2's tile); w2_next says whether it was loaded so.
   const auto w1_of = [&](int64_t head) { return static_cast<TS*>(P.w[0]) + head * F * FH; };
+  const auto w2_of = [&](int64_t head) { return static_cast<TS*>(P.w[2]) + head * FH * F + static_cast<int64_t>(hc0) * F; };
   if constexpr (Cfg::PERSIST) load_weight_tile<TS, F, FHC, FH, 128>(smem, w1_of(bh), tid);
+  bool w2_next = false;
   do {  // the grid never exceeds the heads: every CTA has one (and without PERSIST, only one)
     const auto prefetch_w1_rows = [&](int r0) {  // rows [r0, r0 + F/2) of the next head's W1, as one group
       if constexpr (Cfg::PERSIST) {
@@ -217,8 +221,8 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
     if constexpr (!Cfg::PERSIST) load_weight_tile<TS, F, FHC, FH, 128>(smem, W1 + hc0, tid);
     load_minibatch_rows<TA, F, 128>(sk, sv, P, bh, tok.t, tid);
     cp_async_commit();
-    load_weight_tile<TS, FHC, F, F, 128>(smem + Cfg::OFF_W2, W2 + static_cast<int64_t>(hc0) * F, tid);
-    cp_async_commit();
+    if (!w2_next) load_weight_tile<TS, FHC, F, F, 128>(smem + Cfg::OFF_W2, w2_of(bh), tid);
+    cp_async_commit();  // (empty when W2 came with the previous head: the group count stays the same)
     hv.store(gamma, beta, b2s, qv, tid);
   #pragma unroll
     for (int k = 0; k < PB1; ++k)
@@ -360,6 +364,11 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
     }
     if constexpr (CS > 1) cg::this_cluster().sync(); else __syncthreads();
     prefetch_w1_rows(0);  // the partial sums in those rows are read
+    if constexpr (Cfg::PERSIST) {  // every warp is done with W2's tile unless the update follows
+      w2_next = !last && bh + step < BH;
+      if (w2_next) load_weight_tile<TS, FHC, F, F, 128>(smem + Cfg::OFF_W2, w2_of(bh + step), tid);
+      cp_async_commit();
+    }
 
     if (rank == 0 && warp == 0) {
       // z2_bar = x2_bar W2 + b2 - eta sum_j (x2_bar.x2_j + 1) G2_j, out = q + LN(z2_bar)
