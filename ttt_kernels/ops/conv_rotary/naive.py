@@ -47,12 +47,10 @@ def ttt_step_inputs_ref(xqk, v, lr_logit, conv_state, q_weight, q_bias, k_weight
     each output is rounded to ``xqk``'s dtype before the rotation (as the unfused layer does)."""
     B, D = xqk.shape
     f = D // num_heads
-    acc = torch.float64 if xqk.dtype == torch.float64 else torch.float32
-    window = torch.cat([conv_state[..., 1:], xqk.to(conv_state.dtype).unsqueeze(-1)], dim=-1)
-    conv_state.copy_(window)
     out = []
-    for w, b in ((q_weight, q_bias), (k_weight, k_bias)):
-        y = ((window.to(acc) * w.to(acc)).sum(-1) + b.to(acc)).to(xqk.dtype)
+    # the q conv steps a copy of the state, the k conv steps the state itself
+    for state, w, b in ((conv_state.clone(), q_weight, q_bias), (conv_state, k_weight, k_bias)):
+        y = causal_conv1d_update_ref(xqk, state, w, b, silu=False).to(xqk.dtype)
         out.append(apply_rotary_ref(y.view(B, num_heads, f), positions, cos, sin))
     return out[0], out[1], v.reshape(B, num_heads, f), ttt_lr_ref(lr_logit, lr_bias, lr_scale)
 
