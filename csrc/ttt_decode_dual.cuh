@@ -223,15 +223,24 @@ __device__ __forceinline__ void scaled_transposed_b(uint32_t (&bg)[NT][Dot<TS>::
 // and rows 8-15 ones: its product with a B tile of 16 rows gives sum_j x_j B_j in every row g and
 // sum_j B_j in every row g + 8 (the row sums of the dual form and the bias updates, in one mma).
 template <class TS>
-__device__ __forceinline__ void row_sums_a(uint32_t (&a)[Dot<TS>::N][4], float x0, float x1, float x8, float x9) {
+__device__ __forceinline__ void row_sums_a(uint32_t (&a)[Dot<TS>::N][4], const float (&x)[4]) {
   uint32_t lo[Dot<TS>::N], hi[Dot<TS>::N], one[Dot<TS>::N];
-  pack<TS>(lo, x0, x1);
-  pack<TS>(hi, x8, x9);
+  pack<TS>(lo, x[0], x[1]);
+  pack<TS>(hi, x[2], x[3]);
   pack<TS>(one, 1.f, 1.f);
 #pragma unroll
   for (int n = 0; n < Dot<TS>::N; ++n) {
     a[n][0] = lo[n]; a[n][1] = one[n]; a[n][2] = hi[n]; a[n][3] = one[n];
   }
+}
+
+// attn_j + 1 at this thread's rows of row_sums_a (j = 2c, 2c + 1, 2c + 8, 2c + 9), attn = K q from
+// kw_pass: its C tile holds K q in column 0 (threads c = 0, rows g and g + 8)
+__device__ __forceinline__ void attn_plus_one(float (&a)[4], const float (&at)[4], int c) {
+  a[0] = __shfl_sync(FULL, at[0], 8 * c) + 1.f;
+  a[1] = __shfl_sync(FULL, at[0], 8 * c + 4) + 1.f;
+  a[2] = __shfl_sync(FULL, at[2], 8 * c) + 1.f;
+  a[3] = __shfl_sync(FULL, at[2], 8 * c + 4) + 1.f;
 }
 
 // two weights w of a rank-16 update: w - eta d

@@ -80,10 +80,6 @@ __global__ void __launch_bounds__(LinearCfg<F, TA, TS>::WARPS * 32)
       zqs[16 * mt + 8 + g] = zq[mt][2];
     }
   }
-  // attn_j + 1 of rows j = 2c, 2c + 1, 2c + 8, 2c + 9 (K q sits in column 0: threads c = 0, rows g, g + 8)
-  const float a_2c = __shfl_sync(FULL, at[0], 8 * c) + 1.f, a_2c1 = __shfl_sync(FULL, at[0], 8 * c + 4) + 1.f;
-  const float a_2c8 = __shfl_sync(FULL, at[2], 8 * c) + 1.f, a_2c9 = __shfl_sync(FULL, at[2], 8 * c + 4) + 1.f;
-
   // z is now G; before t = 8 rows 8-15 are padding (half the steps of a mini-batch of 16)
   if (tok.t >= 8)
     ln_l2_grad_rows<F, TA>(z, gamma, beta, sk, sv, g, c, lr0, lr1);
@@ -94,8 +90,10 @@ __global__ void __launch_bounds__(LinearCfg<F, TA, TS>::WARPS * 32)
   // per column tile, and the update's K^T G
   uint32_t bg[NT][N][2];
   scaled_transposed_b<TS>(bg, z, 1.f);
+  float a1[4];
+  attn_plus_one(a1, at, c);
   uint32_t aa[N][4];
-  row_sums_a<TS>(aa, a_2c, a_2c1, a_2c8, a_2c9);
+  row_sums_a<TS>(aa, a1);
   float sg[NT][4] = {}, zb[NT][2];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) mma<TS>(sg[nt], aa, bg[nt]);

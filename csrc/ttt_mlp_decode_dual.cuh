@@ -189,7 +189,9 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
   // The next head's W2 follows once the last product with W2 is done, unless the head ends its
   // mini-batch (the update reads W2's tile); w2_next says whether it was loaded so.
   const auto w1_of = [&](int64_t head) { return static_cast<TS*>(P.w[0]) + head * F * FH; };
-  const auto w2_of = [&](int64_t head) { return static_cast<TS*>(P.w[2]) + head * FH * F + static_cast<int64_t>(hc0) * F; };
+  const auto w2_of = [&](int64_t head) {  // the CTA's hidden rows of the head's W2
+    return static_cast<TS*>(P.w[2]) + head * FH * F + static_cast<int64_t>(hc0) * F;
+  };
   if constexpr (Cfg::PERSIST) load_weight_tile<TS, F, FHC, FH, 128>(smem, w1_of(bh), tid);
   bool w2_next = false;
   do {  // the grid never exceeds the heads: every CTA has one (and without PERSIST, only one)
@@ -207,7 +209,7 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
     float *b1s = vec + 4 * F, *zqs = b1s + FHC, *red2 = zqs + FHC;
     TS* W1 = w1_of(bh);
     TS* b1 = static_cast<TS*>(P.w[1]) + bh * FH;
-    TS* W2 = static_cast<TS*>(P.w[2]) + bh * FH * F;
+    TS* W2 = w2_of(bh);
     TS* b2 = static_cast<TS*>(P.w[3]) + bh * F;
 
     // the head's vectors first: their loads are in flight during the token's dependent ones
@@ -221,7 +223,7 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
     if constexpr (!Cfg::PERSIST) load_weight_tile<TS, F, FHC, FH, 128>(smem, W1 + hc0, tid);
     load_minibatch_rows<TA, F, 128>(sk, sv, P, bh, tok.t, tid);
     cp_async_commit();
-    if (!w2_next) load_weight_tile<TS, FHC, F, F, 128>(smem + Cfg::OFF_W2, w2_of(bh), tid);
+    if (!w2_next) load_weight_tile<TS, FHC, F, F, 128>(smem + Cfg::OFF_W2, W2, tid);
     cp_async_commit();  // (empty when W2 came with the previous head: the group count stays the same)
     hv.store(gamma, beta, b2s, qv, tid);
   #pragma unroll
@@ -272,10 +274,8 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
         zqs[hw0 + 16 * mt + 8 + g] = zq[mt][2];
       }
     }
-    // attn_j + 1 of rows j = 2c, 2c + 1, 2c + 8, 2c + 9: this thread's columns of an A fragment
-    // whose rows 0-7 are that vector (K q sits in column 0, threads c = 0, rows g and g + 8)
-    const float a_2c = __shfl_sync(FULL, at[0], 8 * c) + 1.f, a_2c1 = __shfl_sync(FULL, at[0], 8 * c + 4) + 1.f;
-    const float a_2c8 = __shfl_sync(FULL, at[2], 8 * c) + 1.f, a_2c9 = __shfl_sync(FULL, at[2], 8 * c + 4) + 1.f;
+    float a1[4];  // attn_j + 1 for the row sums of G1, below
+    attn_plus_one(a1, at, c);
 
     cp_async_wait<0>();  // W2
     __syncthreads();     // also: every warp is done reading W1's tile, which now holds partial sums
@@ -285,7 +285,8 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
     {
       float z2[NT][4] = {};
   #pragma unroll
-      for (int s = 0; s < HS; ++s) mma_w_rows<TS, NT / 2, Cfg::W2_PART, Cfg::W2_ROW>(z2, xa[s], sW2, hw0 + 16 * s, lane);
+      for (int s = 0; s < HS; ++s)
+        mma_w_rows<TS, NT / 2, Cfg::W2_PART, Cfg::W2_ROW>(z2, xa[s], sW2, hw0 + 16 * s, lane);
       float* mine = red_slot<F>(reinterpret_cast<float*>(smem), warp);
   #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
@@ -326,7 +327,7 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
       for (int e = 0; e < 4; ++e) g1[nt][e] *= gp[nt][e];
     scaled_transposed_b<TS>(bg1, g1, 1.f);
     uint32_t aa[N][4];
-    row_sums_a<TS>(aa, a_2c, a_2c1, a_2c8, a_2c9);
+    row_sums_a<TS>(aa, a1);
     float s1[HT][4] = {}, xb[HT][2];
   #pragma unroll
     for (int nt = 0; nt < HT; ++nt) {
@@ -392,7 +393,7 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
       }
       // sum_j (x2_bar.x2_j + 1) G2_j (rows 0-7) and sum_j G2_j (rows 8-15, b2's update), G2 from its tile
       uint32_t ae[N][4];
-      row_sums_a<TS>(ae, e[0], e[1], e[2], e[3]);
+      row_sums_a<TS>(ae, e);
       float s2[NT][4] = {};
       mma_w_rows<TS, NT / 2, Cfg::G_PART, Cfg::G_ROW>(s2, ae, sG2, 0, lane);
   #pragma unroll
@@ -453,7 +454,7 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
           xt[n][3] = movt(xa[s][n][3]);
         }
         const int l0 = hw0 + 16 * s + g, l1 = l0 + 8;  // rows of the CTA's W2 slice
-        TS* r0 = W2 + static_cast<int64_t>(hc0 + l0) * F + 2 * c;
+        TS* r0 = W2 + static_cast<int64_t>(l0) * F + 2 * c;
         TS* r1 = r0 + 8 * F;
   #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
