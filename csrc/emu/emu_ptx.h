@@ -78,11 +78,22 @@ inline void mma1(__half, float (&d)[4], const uint32_t (&a)[4], const uint32_t (
 inline void mma1(__nv_bfloat16, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   emu_mma<__nv_bfloat16>(d, a, b);
 }
+// cp.async: see emu_core.h (poisoned when issued, landed at the issuing thread's wait)
 inline void cp_async16(uint32_t dst, const void* src, bool valid) {
-  if (valid) std::memcpy(ttt_emu::smem_base() + dst, src, 16);
-  else std::memset(ttt_emu::smem_base() + dst, 0, 16);
+  std::memset(ttt_emu::smem_base() + dst, 0xff, 16);
+  ttt_emu::cur->open.push_back({dst, valid ? src : nullptr});
 }
-inline void cp_async_commit() {}
-template <int PENDING> inline void cp_async_wait() {}
+inline void cp_async_commit() {
+  auto& f = *ttt_emu::cur;
+  f.groups.push_back(std::move(f.open));
+  f.open.clear();
+}
+template <int PENDING> inline void cp_async_wait() {
+  auto& f = *ttt_emu::cur;
+  while (f.groups.size() > PENDING) {
+    ttt_emu::land(f.groups.front());
+    f.groups.erase(f.groups.begin());
+  }
+}
 inline uint4 ld_nc16(const void* p) { uint4 v; std::memcpy(&v, p, 16); return v; }
 }  // namespace ttt

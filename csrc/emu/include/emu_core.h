@@ -3,11 +3,15 @@
 // __syncwarp/__syncthreads/cluster.sync are barriers, and the warp collectives (shuffles,
 // ldmatrix, mma, movmatrix) exchange their operands through per-warp slots between two
 // barriers. Shared memory is poisoned at launch, so reads of unwritten shared memory show.
+// cp.async is asynchronous here too: a copy poisons its destination when issued and lands
+// (reading its source then) only when the issuing thread waits for its group, so a read
+// before the wait, or by a thread that did not wait and meet it at a barrier, sees poison.
 #pragma once
 #include <ucontext.h>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 #include "cuda_runtime_api.h"
 #include "emu_types.h"
@@ -20,8 +24,14 @@ struct WarpX {
   uint32_t u[32][12];
   float f[32][4];
 };
+struct AsyncCopy {
+  uint32_t dst;
+  const void* src;  // nullptr: zero-fill
+};
 struct Fiber {
   ucontext_t ctx;
+  std::vector<AsyncCopy> open;                 // issued since the last commit
+  std::vector<std::vector<AsyncCopy>> groups;  // committed, oldest first
   Dim3 tid, bid;
   int cta = 0, warp = 0, lane = 0;
   bool done = false;
@@ -49,6 +59,12 @@ inline void arrive(Barrier& b) {
 }
 inline WarpX& wx() { return run->warps[cur->cta * run->warps_per_cta + cur->warp]; }
 inline char* smem_base() { return run->smem[cur->cta].data(); }
+inline void land(const std::vector<AsyncCopy>& group) {
+  for (const AsyncCopy& c : group) {
+    if (c.src) std::memcpy(smem_base() + c.dst, c.src, 16);
+    else std::memset(smem_base() + c.dst, 0, 16);
+  }
+}
 
 // runs body(arg) as every thread of the grid, one cluster at a time
 void launch_clusters(void (*body)(const void*), const void* arg, unsigned grid, unsigned block, size_t smem,
