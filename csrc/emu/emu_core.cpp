@@ -49,9 +49,13 @@ void launch_clusters(void (*body)(const void*), const void* arg, unsigned grid, 
       f.ctx.uc_link = &sched;
       makecontext(&f.ctx, trampoline, 0);
     }
+    // between barriers the threads run one after the other, in index order for one cluster and
+    // in reverse for the next, so a read that races a write shows whichever thread comes first
+    const bool reverse = (c0 / cluster) & 1;
     for (;;) {
       bool alive = false, progress = false;
-      for (auto& f : r.fibers) {
+      for (size_t k = 0; k < r.fibers.size(); ++k) {
+        Fiber& f = r.fibers[reverse ? r.fibers.size() - 1 - k : k];
         if (f.done) continue;
         alive = true;
         if (f.wait && f.wait->gen == f.wait_gen) continue;

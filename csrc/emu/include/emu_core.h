@@ -1,5 +1,6 @@
 // Host emulation of the CUDA kernels, for tests on machines without a GPU: every CUDA
-// thread is a fiber (ucontext) of one host thread, a thread-block cluster runs at a time;
+// thread is a fiber (ucontext) of one host thread, a thread-block cluster runs at a time (its
+// threads one after the other between barriers: in index order, every other cluster in reverse);
 // __syncwarp/__syncthreads/cluster.sync are barriers, and the warp collectives (shuffles,
 // ldmatrix, mma, movmatrix) exchange their operands through per-warp slots between two
 // barriers. Shared memory is poisoned at launch, so reads of unwritten shared memory show.
