@@ -339,6 +339,35 @@ def test_cuda_graph_generation_equals_eager(inner_net, promptlen):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("inner_net", KERNEL_NETS + ["mamba"])
+@pytest.mark.parametrize("cg", [False, True])
+def test_model_on_another_gpu_than_the_current_one(inner_net, cg):
+    """With cuda:0 current, a model on cuda:1 generates what the same model does on cuda:0: Triton
+    launches on the current device and CUDA graphs capture the current device's streams, so
+    both must follow the model's device."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    if inner_net != "mamba":
+        load_op_or_skip(inner_net)
+    outs = []
+    for dev in ("cuda:0", "cuda:1"):
+        if inner_net == "mamba":
+            model = MambaLM.from_name("mamba-tiny", device=dev, dtype=torch.float16)
+        else:
+            model = tiny_model(inner_net, device=dev, dtype=torch.float16)
+        prompt = torch.randint(0, 512, (3, 21), generator=torch.Generator().manual_seed(3)).to(dev)
+        with torch.cuda.device(0):
+            outs.append((model, generate(model, prompt, 21 + 24, cg=cg, lengths=torch.tensor([21, 4, 17]),
+                                         output_scores=True)))
+    (m0, out0), (m1, out1) = outs
+    for a, b in zip(m0.state_dict().values(), m1.state_dict().values()):
+        assert torch.equal(a.cpu(), b.cpu())  # the same model on both
+    assert torch.equal(out0.generated.cpu(), out1.generated.cpu())
+    for a, b in zip(out0.scores, out1.scores):
+        torch.testing.assert_close(a.cpu(), b.cpu(), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("inner_net", ["mlp_2_dual_triton", "mlp_1_dual_triton", "mamba"])
 def test_prefill_syncs_only_to_plan(inner_net, monkeypatch):
     """After the model's one host sync (its prefill plan), a prefill with fused TTT layers, or of

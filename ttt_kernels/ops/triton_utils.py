@@ -5,6 +5,7 @@ when the head dim is padded up to a power of two (f = 96 runs in a 128 block).
 Everything here works on fp32 values.
 """
 
+import functools
 import os
 
 import torch
@@ -14,6 +15,20 @@ import triton.language as tl
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 MAX_ROW_DIM = 16384  # the row kernels (norms, gates) hold one row per program in registers
+
+
+def on_input_device(fn):
+    """Run the launcher ``fn`` with its first tensor argument's CUDA device current: Triton
+    launches on the current device and its current stream, so inputs on another GPU would
+    otherwise be handed to a kernel on the wrong device, unordered with their own stream."""
+    @functools.wraps(fn)
+    def launcher(*args, **kwargs):
+        t = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        if t is None or not t.is_cuda or t.device.index == torch.cuda.current_device():
+            return fn(*args, **kwargs)
+        with torch.cuda.device(t.device):
+            return fn(*args, **kwargs)
+    return launcher
 
 
 def row_warps(dim: int) -> int:

@@ -136,7 +136,8 @@ class DecodeStep:
         self.graph = None
         self.logits = None
         if self.cg:
-            self._capture(n_warmup)
+            with torch.cuda.device(self.ids.device):  # capture (and replay) on the model's device's streams
+                self._capture(n_warmup)
         else:
             for _ in range(n_warmup):  # compile kernels (and torch.compile) now, not in the first real step
                 self._step()
@@ -163,7 +164,8 @@ class DecodeStep:
     def __call__(self) -> torch.Tensor:
         if self.graph is None:
             return self._step()
-        self.graph.replay()
+        with torch.cuda.device(self.ids.device):
+            self.graph.replay()
         return self.logits
 
 

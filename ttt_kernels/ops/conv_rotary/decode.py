@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import MAX_ROW_DIM, conv_state_shift, conv_window, rms_norm_row, row_warps
+from ..triton_utils import MAX_ROW_DIM, conv_state_shift, conv_window, on_input_device, rms_norm_row, row_warps
 from ..ttt_state import FLOAT_DTYPES, _check_tensor
 
 _ACT_DTYPES = FLOAT_DTYPES[:3]  # fp32, fp16, bf16
@@ -65,6 +65,7 @@ def _ttt_step_inputs_kernel(x_ptr, stride_x, v_ptr, stride_v, logit_ptr, stride_
     tl.store(lr_ptr + bh, lr_scale * tl.sigmoid(logit))
 
 
+@on_input_device
 def ttt_step_inputs(xqk, v, lr_logit, conv_state, q_weight, q_bias, k_weight, k_bias, cos, sin, positions,
                     lr_bias, lr_scale: float, num_heads: int):
     """One decode token's TTT-op inputs: ``xqk, v [B, D]`` and ``lr_logit [B, H]`` (row-strided
@@ -128,6 +129,7 @@ def _pre_conv_step_kernel(x_ptr, stride_x, res_ptr, stride_r, cs_ptr, nw_ptr, cw
     tl.store(y_ptr + row * dim + cols, rms_norm_row(s, ow_ptr, cols, m, dim, eps).to(dt), mask=m)
 
 
+@on_input_device
 def pre_conv_step(hidden, residual, conv_state, norm_weight, conv_weight, conv_bias, out_norm_weight, eps: float):
     """``residual += hidden; a = RMSNorm(residual); residual += conv(a); RMSNorm(residual)`` for one
     token: ``hidden [B, D]`` (unit column stride), ``residual [B, D]`` fp32 or None (the first

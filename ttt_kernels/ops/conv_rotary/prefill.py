@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..triton_utils import on_input_device
 from ..ttt_state import _check_tensor
 
 
@@ -85,6 +86,7 @@ def _conv_prefill_kernel(x_ptr, stride_xb, stride_xt, cs_ptr, w_ptr, bias_ptr, l
             tl.store(cs + d[:, None] * KC + k[None, :], new, mask=m)
 
 
+@on_input_device
 def _launch(x, state, weight, bias, lengths, out, rotary=None, num_heads=1, write_state=True):
     B, T, D = x.shape
     KC = state.shape[-1]

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..triton_utils import conv_state_step
+from ..triton_utils import conv_state_step, on_input_device
 from ..ttt_state import STATE_DTYPES, _check_tensor, check_out
 from .naive import split_x_db
 
@@ -207,6 +207,7 @@ def _check_config(config, dt_proj: bool) -> tuple[int, int, int, int]:
 # launches (arguments already checked)
 
 
+@on_input_device
 def _launch_conv(x, conv_state, conv_weight, conv_bias, out, silu: bool) -> None:
     Bsz, d = x.shape
     K = conv_state.shape[2]
@@ -218,6 +219,7 @@ def _launch_conv(x, conv_state, conv_weight, conv_bias, out, silu: bool) -> None
     )
 
 
+@on_input_device
 def _launch_ssm(ssm_state, x, dt, A, B, C, D, z, dt_bias, dt_proj_weight, out, dt_softplus: bool,
                 a_is_log: bool, config) -> None:
     Bsz, d = x.shape

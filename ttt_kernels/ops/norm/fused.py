@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import MAX_ROW_DIM, gelu_tanh, rms_norm_row, row_warps
+from ..triton_utils import MAX_ROW_DIM, gelu_tanh, on_input_device, rms_norm_row, row_warps
 from ..ttt_state import FLOAT_DTYPES
 
 
@@ -81,6 +81,7 @@ def _check_params(x: torch.Tensor, **params) -> None:
             raise ValueError(f"{name} must be contiguous")
 
 
+@on_input_device
 def add_rms_norm(x, residual, weight, eps):
     """``(RMSNorm(x + residual) in x's dtype, x + residual in fp32)`` in one launch;
     ``residual=None`` starts the sum at ``x``. Row-strided inputs are fine."""
@@ -102,6 +103,7 @@ def add_rms_norm(x, residual, weight, eps):
     return y, res
 
 
+@on_input_device
 def gated_layer_norm(z, gate, weight, bias, eps):
     """``gelu_tanh(gate) * LayerNorm(z)`` in ``z``'s dtype, one launch, fp32 inside."""
     dim = z.shape[-1] if isinstance(z, torch.Tensor) else 0
@@ -117,6 +119,7 @@ def gated_layer_norm(z, gate, weight, bias, eps):
     return y
 
 
+@on_input_device
 def silu_mul(gate_up):
     """``silu(gate) * up`` in ``gate_up``'s dtype, one launch, fp32 inside: the SwiGLU gate,
     ``gate_up [..., 2 n]`` holding ``gate`` then ``up`` (one GEMM's output)."""

@@ -25,7 +25,8 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import (causal_dual_weights, dot_config, finish_prefill_window, layer_norm_rows,
-                            ln_l2_grad_rows, load_prefill_rows, prefill_program, with_cached_rows)
+                            ln_l2_grad_rows, load_prefill_rows, on_input_device, prefill_program,
+                            with_cached_rows)
 from ..ttt_state import TTTDualState, check_prefill_args, prefill_strides
 
 
@@ -86,6 +87,7 @@ def _launch_config(f: int, state_dtype: torch.dtype) -> dict:
     return {"num_warps": 8, "num_stages": 1}
 
 
+@on_input_device
 def ttt_linear_prefill(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state: TTTDualState, *, lengths=None,
                        out=None, check_positions=True, config=None) -> torch.Tensor:
     """TTT-Linear over whole prompts, fused; updates ``state`` in place and returns ``q + LN(z_bar)``.

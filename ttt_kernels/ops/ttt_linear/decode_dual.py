@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import (as_row0, dot_config, dual_row, layer_norm_rows, ln_l2_grad_rows, load_minibatch_rows,
-                            load_token, store_cache_row)
+                            load_token, on_input_device, store_cache_row)
 from ..ttt_state import TTTDualState, check_decode_args
 
 
@@ -71,6 +71,7 @@ def _launch_config(f: int) -> dict:
     return {"num_warps": 8, "maxnreg": 128}
 
 
+@on_input_device
 def ttt_linear_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state: TTTDualState,
                            *, out=None, check_positions=True) -> torch.Tensor:
     """One TTT-Linear decode step, fused; updates ``state`` in place and returns ``q + LN(z_bar)``.

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import layer_norm_rows, ln_l2_grad_rows, load_token
+from ..triton_utils import layer_norm_rows, ln_l2_grad_rows, load_token, on_input_device
 from ..ttt_state import TTTPrimalState, check_decode_args
 
 
@@ -76,6 +76,7 @@ def _num_warps(f: int) -> int:
     return 4 if f <= 64 else 8
 
 
+@on_input_device
 def ttt_linear_decode_primal(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state: TTTPrimalState,
                              *, out=None, check_positions=True) -> torch.Tensor:
     """One TTT-Linear decode step in the primal form; updates ``state`` in place and returns

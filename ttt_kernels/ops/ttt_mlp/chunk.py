@@ -24,7 +24,7 @@ import triton.language as tl
 
 from ..triton_utils import (causal_dual_weights, dot_config, fast_tanh, finish_prefill_window, gelu_tanh,
                             gelu_tanh_and_grad, layer_norm_rows, ln_l2_grad_rows, load_prefill_rows, prefill_program,
-                            with_cached_rows)
+                            on_input_device, with_cached_rows)
 from ..ttt_state import TTTDualState, check_prefill_args, prefill_strides
 from .decode_dual import _load_chunk
 
@@ -188,6 +188,7 @@ def _launch_config(on_chip: bool) -> dict:
     return {"num_warps": 8 if on_chip else 4, "num_stages": 1}
 
 
+@on_input_device
 def ttt_mlp_prefill(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state: TTTDualState, *, lengths=None,
                     out=None, check_positions=True, config=None) -> torch.Tensor:
     """TTT-MLP over whole prompts, fused; updates ``state`` in place and returns ``q + LN(z2_bar)``.

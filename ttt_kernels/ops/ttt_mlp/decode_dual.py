@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import (as_row0, dot_config, dual_row, fast_tanh, gelu_tanh, gelu_tanh_and_grad, layer_norm_rows,
-                            ln_l2_grad_rows, load_minibatch_rows, load_token, store_cache_row)
+                            ln_l2_grad_rows, load_minibatch_rows, load_token, on_input_device, store_cache_row)
 from ..ttt_state import TTTDualState, check_decode_args
 
 
@@ -119,6 +119,7 @@ def ttt_mlp_decode_dual_kernel(
         store_cache_row(kc_ptr, vc_ptr, lrc_ptr, bh, t, k, v, lr, cols, cm, F, K)
 
 
+@on_input_device
 def ttt_mlp_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state: TTTDualState,
                         *, out=None, check_positions=True) -> torch.Tensor:
     """One TTT-MLP decode step, fused; updates ``state`` in place and returns ``q + LN(z2_bar)``.

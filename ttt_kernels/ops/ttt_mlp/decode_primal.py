@@ -28,7 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import fast_tanh, gelu_tanh, gelu_tanh_and_grad, layer_norm_rows, ln_l2_grad_rows, load_token
+from ..triton_utils import (fast_tanh, gelu_tanh, gelu_tanh_and_grad, layer_norm_rows, ln_l2_grad_rows, load_token,
+                            on_input_device)
 from ..ttt_state import TTTPrimalState, check_decode_args
 
 
@@ -129,6 +130,7 @@ def _launch_config(f: int) -> dict:
     return {"BH": min(8192 // BF, triton.next_power_of_2(4 * f)), "num_warps": 8}
 
 
+@on_input_device
 def ttt_mlp_decode_primal(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state: TTTPrimalState,
                           *, out=None, check_positions=True) -> torch.Tensor:
     """One TTT-MLP decode step in the primal form; updates ``state`` in place and returns
