@@ -7,10 +7,16 @@ namespace ttt {
 inline uint32_t smem_u32(const void* p) { return uint32_t(static_cast<const char*>(p) - ttt_emu::smem_base()); }
 inline uint16_t emu_b16(uint32_t addr) { uint16_t v; std::memcpy(&v, ttt_emu::smem_base() + addr, 2); return v; }
 inline uint32_t emu_pair(uint16_t lo, uint16_t hi) { return uint32_t(lo) | (uint32_t(hi) << 16); }
+// 16-byte accesses (ldmatrix rows, stmatrix rows, cp.async, ld.global.nc.v4) fault on a GPU when
+// misaligned; here the launch reports it (sticky, as CUDA's errors are)
+inline void emu_aligned16(uintptr_t a, const char* what) {
+  if (a % 16) ttt_emu::last_error = what;
+}
 // ldmatrix .x4: lane 8i+r addresses row r of matrix i
 inline void emu_ldsm(uint32_t (&r)[4], uint32_t addr, bool trans) {
   auto& w = ttt_emu::wx();
   const int lane = ttt_emu::cur->lane, g = lane >> 2, c = lane & 3;
+  emu_aligned16(addr, "misaligned ldmatrix row");
   w.u[lane][0] = addr;
   ttt_emu::arrive(w.bar);
   for (int i = 0; i < 4; ++i) {
@@ -29,6 +35,7 @@ inline void ldsm4_t(uint32_t (&r)[4], uint32_t addr) { emu_ldsm(r, addr, true); 
 inline void stsm4(uint32_t addr, const uint32_t (&r)[4]) {
   auto& w = ttt_emu::wx();
   const int lane = ttt_emu::cur->lane, g = lane >> 2, c = lane & 3;
+  emu_aligned16(addr, "misaligned stmatrix row");
   w.u[lane][0] = addr;
   ttt_emu::arrive(w.bar);
   for (int i = 0; i < 4; ++i) std::memcpy(ttt_emu::smem_base() + w.u[8 * i + g][0] + 4 * c, &r[i], 4);
@@ -80,6 +87,8 @@ inline void mma1(__nv_bfloat16, float (&d)[4], const uint32_t (&a)[4], const uin
 }
 // cp.async: see emu_core.h (poisoned when issued, landed at the issuing thread's wait)
 inline void cp_async16(uint32_t dst, const void* src, bool valid) {
+  emu_aligned16(dst, "misaligned cp.async destination");
+  emu_aligned16(reinterpret_cast<uintptr_t>(src), "misaligned cp.async source");
   std::memset(ttt_emu::smem_base() + dst, 0xff, 16);
   ttt_emu::cur->open.push_back({dst, valid ? src : nullptr});
 }
@@ -95,5 +104,10 @@ template <int PENDING> inline void cp_async_wait() {
     f.groups.erase(f.groups.begin());
   }
 }
-inline uint4 ld_nc16(const void* p) { uint4 v; std::memcpy(&v, p, 16); return v; }
+inline uint4 ld_nc16(const void* p) {
+  emu_aligned16(reinterpret_cast<uintptr_t>(p), "misaligned 16-byte global load");
+  uint4 v;
+  std::memcpy(&v, p, 16);
+  return v;
+}
 }  // namespace ttt
