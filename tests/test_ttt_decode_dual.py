@@ -41,8 +41,8 @@ def run_against_reference(inner_net, B, H, f, state_dtype, act_dtype, pos, steps
         assert rel_err(w, w_ref) < tol
     t = (pos % K).tolist()  # cache rows j < t must hold this mini-batch's inputs exactly
     for b in range(B):
-        torch.testing.assert_close(state.k_cache[b, :, : t[b]].double(), ref_state.k_cache[b, :, : t[b]])
-        torch.testing.assert_close(state.lr_cache[b, :, : t[b]].double(), ref_state.lr_cache[b, :, : t[b]])
+        for cache, ref_cache in zip(state.tensors()[-3:], ref_state.tensors()[-3:]):  # k, v, lr
+            torch.testing.assert_close(cache[b, :, : t[b]].double(), ref_cache[b, :, : t[b]])
 
 
 @pytest.mark.parametrize("inner_net", ["mlp_1", "mlp_2"])
