@@ -23,14 +23,15 @@ MAX_MINI_BATCH = 16
 
 
 @functools.cache  # checked on every op call; what it depends on does not change in a process
-def unavailable_reason() -> str | None:
-    """Why the CUDA kernels cannot run here, or None when they can."""
+def unavailable_reason(device: int | None = None) -> str | None:
+    """Why the CUDA kernels cannot run here (on CUDA device ``device``, the current one if None),
+    or None when they can."""
     if _C is None:
         return (f"the extension ttt_kernels._C is not built ({_IMPORT_ERROR}); setup.py builds it when a CUDA "
                 "toolkit and a CUDA build of PyTorch are present: pip install --no-build-isolation -e .")
     if not torch.cuda.is_available():
         return "no CUDA device is visible"
-    major, minor = torch.cuda.get_device_capability()
+    major, minor = torch.cuda.get_device_capability(device)
     if major < 9:
         return f"the kernels need compute capability 9.0 or newer, the GPU has {major}.{minor}"
     return None
@@ -40,9 +41,9 @@ def is_available() -> bool:
     return unavailable_reason() is None
 
 
-def extension():
-    """The loaded ``ttt_kernels._C``; RuntimeError with the reason when it cannot run."""
-    reason = unavailable_reason()
+def extension(device: int | None = None):
+    """The loaded ``ttt_kernels._C``; RuntimeError with the reason when it cannot run (on ``device``)."""
+    reason = unavailable_reason(device)
     if reason is not None:
         raise RuntimeError(f"CUDA backend unavailable: {reason}")
     return _C
@@ -56,7 +57,7 @@ def check_supported(q: torch.Tensor, K: int):
         raise ValueError(f"the CUDA kernels support head dims {HEAD_DIMS}, got {f}")
     if K > MAX_MINI_BATCH:
         raise ValueError(f"the CUDA kernels support mini-batches of at most {MAX_MINI_BATCH} tokens, got {K}")
-    ext = extension()
+    ext = extension(q.device.index if q.is_cuda else None)  # the capability of q's GPU, not the current one's
     if not q.is_cuda:
         raise ValueError(f"the CUDA kernels need CUDA tensors, got {q.device}")
     return ext
