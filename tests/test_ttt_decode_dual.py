@@ -41,8 +41,9 @@ def run_against_reference(inner_net, B, H, f, state_dtype, act_dtype, pos, steps
         assert rel_err(w, w_ref) < tol
     t = (pos % K).tolist()  # cache rows j < t must hold this mini-batch's inputs exactly
     for b in range(B):
-        for cache, ref_cache in zip(state.tensors()[-3:], ref_state.tensors()[-3:]):  # k, v, lr
-            torch.testing.assert_close(cache[b, :, : t[b]].double(), ref_cache[b, :, : t[b]])
+        for name in ("k_cache", "v_cache", "lr_cache"):
+            torch.testing.assert_close(getattr(state, name)[b, :, : t[b]].double(),
+                                       getattr(ref_state, name)[b, :, : t[b]], msg=name)
 
 
 @pytest.mark.parametrize("inner_net", ["mlp_1", "mlp_2"])
