@@ -97,6 +97,7 @@ def _check_tensor(name: str, t, shape, dtypes, device, contiguous: bool = True) 
 
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+ACT_DTYPES = FLOAT_DTYPES[:3]  # what the kernels take for activations: fp32, fp16, bf16
 
 
 def check_decode_args(inner_net: str, state_type: type, q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias,
@@ -111,7 +112,7 @@ def check_decode_args(inner_net: str, state_type: type, q, k, v, lr, pos, ln_wei
     if not isinstance(q, torch.Tensor) or q.dim() != 3:
         raise ValueError(f"q must be a [B, H, f] tensor, got {getattr(q, 'shape', type(q).__name__)}")
     B, H, f = q.shape
-    act_dtypes = FLOAT_DTYPES if float64_ok else FLOAT_DTYPES[:3]
+    act_dtypes = FLOAT_DTYPES if float64_ok else ACT_DTYPES
     dev = q.device
     _check_tensor("q", q, (B, H, f), act_dtypes, dev)
     _check_tensor("k", k, (B, H, f), (q.dtype,), dev)
@@ -186,7 +187,7 @@ def check_prefill_args(inner_net: str, q, k, v, lr, pos, ln_weight, ln_bias, tok
     B, T, H, f = q.shape
     dev = q.device
     for name, x in (("q", q), ("k", k), ("v", v)):
-        _check_tensor(name, x, (B, T, H, f), FLOAT_DTYPES[:3] if name == "q" else (q.dtype,), dev, contiguous=False)
+        _check_tensor(name, x, (B, T, H, f), ACT_DTYPES if name == "q" else (q.dtype,), dev, contiguous=False)
         if x.stride(3) != 1 or (H > 1 and x.stride(2) != f):
             raise ValueError(f"{name}: each token's [H, f] block must be contiguous, got strides {x.stride()}")
     _check_tensor("lr", lr, (B, T, H), FLOAT_DTYPES, dev)

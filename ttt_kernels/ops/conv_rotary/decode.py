@@ -21,9 +21,7 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import MAX_ROW_DIM, conv_state_shift, conv_window, on_input_device, rms_norm_row, row_warps
-from ..ttt_state import FLOAT_DTYPES, _check_tensor
-
-_ACT_DTYPES = FLOAT_DTYPES[:3]  # fp32, fp16, bf16
+from ..ttt_state import ACT_DTYPES, _check_tensor
 
 
 @triton.jit
@@ -84,9 +82,9 @@ def ttt_step_inputs(xqk, v, lr_logit, conv_state, q_weight, q_bias, k_weight, k_
         raise ValueError(f"D={D} must split into {H} heads of an even head dim")
     f = D // H
     dev, KC = xqk.device, conv_state.shape[-1] if isinstance(conv_state, torch.Tensor) else 0
-    _check_tensor("xqk", xqk, (B, D), _ACT_DTYPES, dev, contiguous=False)
+    _check_tensor("xqk", xqk, (B, D), ACT_DTYPES, dev, contiguous=False)
     _check_tensor("v", v, (B, D), (xqk.dtype,), dev, contiguous=False)
-    _check_tensor("lr_logit", lr_logit, (B, H), _ACT_DTYPES, dev, contiguous=False)
+    _check_tensor("lr_logit", lr_logit, (B, H), ACT_DTYPES, dev, contiguous=False)
     if v.stride(-1) != 1 or lr_logit.stride(-1) != 1:
         raise ValueError("v and lr_logit must have unit column stride")
     _check_tensor("conv_state", conv_state, (B, D, KC), (xqk.dtype,), dev)
@@ -98,7 +96,7 @@ def ttt_step_inputs(xqk, v, lr_logit, conv_state, q_weight, q_bias, k_weight, k_
     _check_tensor("cos", cos, (period, f // 2), (torch.float32,), dev)
     _check_tensor("sin", sin, (period, f // 2), (torch.float32,), dev)
     _check_tensor("positions", positions, (B,), (torch.int32, torch.int64), dev)
-    _check_tensor("lr_bias", lr_bias, (H,), _ACT_DTYPES, dev)
+    _check_tensor("lr_bias", lr_bias, (H,), ACT_DTYPES, dev)
     q = torch.empty(B, H, f, dtype=xqk.dtype, device=dev)
     k, v_heads = torch.empty_like(q), torch.empty_like(q)
     lr = torch.empty(B, H, dtype=torch.float32, device=dev)
@@ -144,7 +142,7 @@ def pre_conv_step(hidden, residual, conv_state, norm_weight, conv_weight, conv_b
     if D > MAX_ROW_DIM:
         raise ValueError(f"hidden: D = {D} exceeds {MAX_ROW_DIM}")
     dev, KC = hidden.device, conv_state.shape[-1] if isinstance(conv_state, torch.Tensor) else 0
-    _check_tensor("hidden", hidden, (B, D), _ACT_DTYPES, dev, contiguous=False)
+    _check_tensor("hidden", hidden, (B, D), ACT_DTYPES, dev, contiguous=False)
     if residual is not None:
         _check_tensor("residual", residual, (B, D), (torch.float32,), dev, contiguous=False)
         if residual.stride(-1) != 1:
@@ -152,7 +150,7 @@ def pre_conv_step(hidden, residual, conv_state, norm_weight, conv_weight, conv_b
     _check_tensor("conv_state", conv_state, (B, D, KC), (hidden.dtype,), dev)
     for name, t, shape in (("norm_weight", norm_weight, (D,)), ("conv_weight", conv_weight, (D, KC)),
                            ("conv_bias", conv_bias, (D,)), ("out_norm_weight", out_norm_weight, (D,))):
-        _check_tensor(name, t, shape, _ACT_DTYPES, dev)
+        _check_tensor(name, t, shape, ACT_DTYPES, dev)
     y = torch.empty(B, D, dtype=hidden.dtype, device=dev)
     res = torch.empty(B, D, dtype=torch.float32, device=dev)
     if B:

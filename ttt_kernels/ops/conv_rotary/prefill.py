@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import on_input_device
-from ..ttt_state import _check_tensor
+from ..ttt_state import ACT_DTYPES, _check_tensor
 
 
 @triton.jit
@@ -110,7 +110,7 @@ def _check(x, lengths, state, convs, x_name="x", state_name="state"):
         raise ValueError(f"{x_name} must be a [B, T, D] tensor with unit channel stride, "
                          f"got {getattr(x, 'shape', x)}")
     B, T, D = x.shape
-    _check_tensor(x_name, x, (B, T, D), (torch.float32, torch.float16, torch.bfloat16), x.device, contiguous=False)
+    _check_tensor(x_name, x, (B, T, D), ACT_DTYPES, x.device, contiguous=False)
     KC = state.shape[-1] if isinstance(state, torch.Tensor) else 0
     _check_tensor(state_name, state, (B, D, KC), (x.dtype,), x.device)
     for weight, bias, prefix in convs:

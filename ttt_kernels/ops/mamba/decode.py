@@ -46,10 +46,9 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import conv_state_step, on_input_device
-from ..ttt_state import STATE_DTYPES, _check_tensor, check_out
+from ..ttt_state import ACT_DTYPES, STATE_DTYPES, _check_tensor, check_out
 from .naive import split_x_db
 
-ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # (rows, channels, warps, register cap) of a state tile: 16 rows is the least tl.dot takes; 16
 # channels on 2 warps (a 16 KB fp32 tile, 64 values per thread in 16-byte loads) measured 107.3 us at
 # B=512 on the H100 (142 registers, 7 programs per SM) and 105.2 us capped at 128 registers (8 per

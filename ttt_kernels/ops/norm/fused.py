@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import MAX_ROW_DIM, gelu_tanh, on_input_device, rms_norm_row, row_warps
-from ..ttt_state import FLOAT_DTYPES
+from ..ttt_state import ACT_DTYPES
 
 
 @triton.jit
@@ -61,7 +61,7 @@ def _rows(name: str, t: torch.Tensor, dim: int) -> torch.Tensor:
     """``t`` as ``[rows, dim]`` with unit column stride, without copying when it can."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in FLOAT_DTYPES[:3]:
+    if t.dtype not in ACT_DTYPES:
         raise TypeError(f"{name} must be fp32, fp16 or bf16, got {t.dtype}")
     if t.shape[-1] != dim:
         raise ValueError(f"{name} must have last dim {dim}, got shape {tuple(t.shape)}")
