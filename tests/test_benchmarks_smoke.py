@@ -108,17 +108,19 @@ def test_micro_benchmark_mamba_without_gpu_exits_2():
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's import, for the TTT ref compile line
-def test_micro_benchmark_lines_run_on_cpu(monkeypatch, capsys):
+def test_micro_benchmark_lines_run_at_toy_sizes(monkeypatch, capsys, device):
     """The timing needs CUDA, but each line's 16 steps and the Mamba cross-check run anywhere:
-    here on the CPU (Triton's interpreter), at toy sizes. A stand-in for mamba-ssm's two
-    kernels (our references, which follow its definitions) exercises its line's plumbing."""
+    at toy sizes, on the CPU through Triton's interpreter or on the GPU where there is one (the
+    interpreter is off there, so compiled kernels cannot take CPU tensors). A stand-in for
+    mamba-ssm's two kernels (our references, which follow its definitions) exercises its line's
+    plumbing."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import micro_benchmark as mb
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     from ttt_kernels.ops.mamba import causal_conv1d_update_ref, selective_state_update_ref
-    monkeypatch.setattr(mb, "DEVICE", "cpu")
+    monkeypatch.setattr(mb, "DEVICE", device)
 
     def ssu(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
         return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus).to(x.dtype)
