@@ -104,9 +104,11 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=float, default=10, help="do_bench warmup, ms")
     p.add_argument("--rep", type=float, default=40, help="do_bench repetition time, ms")
     add_bandwidth_argument(p)
-    p.add_argument("--json", action="store_true",
-                   help="write benchmarks/results/micro_<inner_net or mamba>_<state_dtype>.json")
+    p.add_argument("--json", action="store_true", help="write <results_dir>/<name>.json")
     p.add_argument("--plot", action="store_true", help="save perf_report's plot next to the JSON (.png)")
+    p.add_argument("--name", default=None,
+                   help="results file name (default micro_<inner_net or mamba>_<state_dtype>[_act_<dtype>])")
+    p.add_argument("--results_dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--profile", action="store_true",
                    help="no timing: 3 cycles of each selected kernel line between cudaProfilerStart/Stop")
     p.add_argument("--profile_batch", type=int, default=256)
@@ -119,6 +121,9 @@ def parse_args(argv=None):
         p.error(f"--op {args.op} has no line(s) {', '.join(wrong)}; its lines: {', '.join(LINES[args.op])}")
     if args.state_dtype is None:
         args.state_dtype = "fp32" if args.op == "mamba" else "fp16"
+    if args.name is None:
+        args.name = f"micro_{args.inner_net if args.op == 'ttt' else 'mamba'}_{args.state_dtype}"
+        args.name += "" if args.dtype == "fp16" else f"_act_{args.dtype}"
     return args
 
 
@@ -417,6 +422,7 @@ def run_perf_report(bench: Bench, name: str, save_png: Path | None):
     if save_png is not None:
         import matplotlib.pyplot as plt
         plt.title(bench.describe(), fontsize=9)
+        save_png.parent.mkdir(parents=True, exist_ok=True)
         plt.savefig(save_png, dpi=120, bbox_inches="tight")
         print(f"wrote {save_png}")
 
@@ -470,9 +476,7 @@ def main(argv=None):
         return 0
 
     bw = floor_bandwidth(args.bandwidth)  # before the timings: a failure here must not lose them
-    name = f"micro_{args.inner_net if args.op == 'ttt' else 'mamba'}_{args.state_dtype}"
-    name += "" if args.dtype == "fp16" else f"_act_{args.dtype}"
-    run_perf_report(bench, name, RESULTS_DIR / f"{name}.png" if args.plot else None)
+    run_perf_report(bench, args.name, args.results_dir / f"{args.name}.png" if args.plot else None)
 
     rows, table = [], []
     for B in args.batch:
@@ -495,12 +499,13 @@ def main(argv=None):
     if bench.notes:
         print("\nnotes:\n" + "\n".join(f"  {n}" for n in bench.notes))
     if args.json:
-        settings = {k: v for k, v in vars(args).items() if k not in ("json", "plot", "profile")}
+        skip = ("json", "plot", "profile", "name", "results_dir")
+        settings = {k: v for k, v in vars(args).items() if k not in skip}
         extra = {"settings": {**settings, "K": K}, "floor_bytes_per_s": bw, "floor_bandwidth": bw_source,
                  "timing": "do_bench median of a 16-step cycle / 16", "notes": bench.notes}
         if bench.checks:
             extra["cross_checks"] = bench.checks
-        path = write_results(name, rows, sys.argv, results_dir=RESULTS_DIR, extra=extra)
+        path = write_results(args.name, rows, sys.argv, results_dir=args.results_dir, extra=extra)
         print(f"wrote {path}")
     return 0
 
