@@ -1,4 +1,7 @@
+import importlib
 import os
+import sys
+from pathlib import Path
 
 import torch
 
@@ -41,3 +44,18 @@ def poison_alloc(monkeypatch):
 
     monkeypatch.setattr(torch, "empty", lambda *a, **k: poisoned(empty(*a, **k)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poisoned(empty_like(*a, **k)))
+
+
+@pytest.fixture
+def benchmark_module():
+    """``load(name)``: the script ``benchmarks/<name>.py`` imported as a module (benchmarks/ is
+    not a package), for tests of its helpers."""
+    bench_dir = str(Path(__file__).resolve().parents[1] / "benchmarks")
+
+    def load(name):
+        sys.path.insert(0, bench_dir)
+        try:
+            return importlib.import_module(name)
+        finally:
+            sys.path.remove(bench_dir)
+    return load

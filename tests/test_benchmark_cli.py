@@ -78,17 +78,8 @@ def test_trace_summary_synthetic(tmp_path):
     assert lines[4].endswith("[memcpy] Memcpy DtoD (Device -> Device)")
 
 
-def import_benchmark():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import benchmark_prefill_decode
-    finally:
-        sys.path.remove(str(BENCH))
-    return benchmark_prefill_decode
-
-
-def test_oom_is_recognised_through_a_failed_capture():
-    bench = import_benchmark()
+def test_oom_is_recognised_through_a_failed_capture(benchmark_module):
+    bench = benchmark_module("benchmark_prefill_decode")
     import torch
     assert bench.is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     try:  # an allocation failure inside a graph capture resurfaces as another error at capture end
@@ -124,14 +115,14 @@ def test_mamba_next_to_ttt_cpu_smoke(tmp_path):
     assert mamba[1]["bytes_per_step_gb"] - mamba[0]["bytes_per_step_gb"] == pytest.approx(per_seq / 1e9)
 
 
-def test_plot_of_a_batch_sweep(tmp_path):
+def test_plot_of_a_batch_sweep(benchmark_module, tmp_path):
     """--plot on a tiny CPU sweep writes the PNG; the plotting itself draws OOM batches too."""
     pytest.importorskip("matplotlib")
     r = run("benchmark_prefill_decode.py", "--device", "cpu", "--model-name", "mamba-tiny", "--batch", "1", "2",
             "--genlen", "2", "--logdir", tmp_path, "--plot", "--results_dir", tmp_path, "--name", "sweep")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")
-    bench = import_benchmark()
+    bench = benchmark_module("benchmark_prefill_decode")
     rows = [{"run": "a", "batch": 64, "total_tok_s": 1e3, "status": "ok"},
             {"run": "a", "batch": 128, "status": "oom"},
             {"run": "b", "batch": 64, "status": "oom"}]
@@ -140,8 +131,8 @@ def test_plot_of_a_batch_sweep(tmp_path):
     assert path.read_bytes().startswith(b"\x89PNG")
 
 
-def test_plot_without_matplotlib_says_so(monkeypatch, capsys):
-    bench = import_benchmark()
+def test_plot_without_matplotlib_says_so(benchmark_module, monkeypatch, capsys):
+    bench = benchmark_module("benchmark_prefill_decode")
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     assert bench.main(["--device", "cpu", "--model-name", "mamba-tiny", "--plot"]) == 2
     assert "--plot needs matplotlib" in capsys.readouterr().err

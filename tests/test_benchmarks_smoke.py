@@ -53,19 +53,9 @@ def test_markdown_table():
     assert t.splitlines() == ["| B | µs |", "|---:|---:|", "| 1 | 2.0 |", "| 4 | – |"]
 
 
-@pytest.fixture
-def micro_benchmark():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import micro_benchmark
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return micro_benchmark
-
-
-def test_micro_benchmark_result_names(micro_benchmark, tmp_path):
+def test_micro_benchmark_result_names(benchmark_module, tmp_path):
     """Default names say op and dtypes; --name / --results_dir keep A/B runs from overwriting them."""
-    parse = micro_benchmark.parse_args
+    parse = benchmark_module("micro_benchmark").parse_args
     assert parse([]).name == "micro_mlp_2_fp16"
     assert parse(["--op", "mamba"]).name == "micro_mamba_fp32"
     mixed = parse(["--inner_net", "mlp_1", "--state_dtype", "bf16", "--dtype", "fp32"])
@@ -130,13 +120,13 @@ def test_micro_benchmark_mamba_without_gpu_exits_2():
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's import, for the TTT ref compile line
-def test_micro_benchmark_lines_run_at_toy_sizes(micro_benchmark, monkeypatch, capsys, device):
+def test_micro_benchmark_lines_run_at_toy_sizes(benchmark_module, monkeypatch, capsys, device):
     """The timing needs CUDA, but each line's 16 steps and the Mamba cross-check run anywhere:
     at toy sizes, on the CPU through Triton's interpreter or on the GPU where there is one (the
     interpreter is off there, so compiled kernels cannot take CPU tensors). A stand-in for
     mamba-ssm's two kernels (our references, which follow its definitions) exercises its line's
     plumbing."""
-    mb = micro_benchmark
+    mb = benchmark_module("micro_benchmark")
     from ttt_kernels.ops.mamba import causal_conv1d_update_ref, selective_state_update_ref
     monkeypatch.setattr(mb, "DEVICE", device)
 
