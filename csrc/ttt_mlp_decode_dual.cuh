@@ -21,7 +21,10 @@
 // memory once per step (cp.async into swizzled tiles; W2 in a second group so the first
 // product overlaps its arrival); at the mini-batch end every warp updates its slices.
 // With one CTA per head the grid is persistent (as many CTAs as fit at once) and a CTA loads
-// the next head's W1 into W1's tile while it finishes the current head.
+// the next head's W1 into W1's tile while it finishes the current head, unless the head ends
+// its mini-batch: then the update reads W1 from the tile (the rows under the partial sums are
+// copied back from global memory while G1 is formed), updates both tiles in place and stores
+// them in 16-byte rows, and the next head loads its own W1.
 #pragma once
 
 #include <cooperative_groups.h>
@@ -183,25 +186,17 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
   const int hc0 = rank * FHC, hw0 = warp * HW;  // hidden offsets: CTA's slice in the head, warp's in the CTA
   const int64_t BH = static_cast<int64_t>(P.B) * P.H, step = Cfg::PERSIST ? gridDim.x : BH;
   int64_t bh = blockIdx.x / CS;
-  // with PERSIST, W1 of the CTA's first head; each later head's W1 is loaded during the previous
-  // head, in two halves: rows F/2.. once the warps are done reading W1's tile, rows ..F/2 once
-  // the partial sums that reuse them are read. Either way W1 completes with the rows' group.
-  // The next head's W2 follows once the last product with W2 is done, unless the head ends its
-  // mini-batch (the update reads W2's tile); w2_next says whether it was loaded so.
+  // With PERSIST, a head's W1 is loaded during the previous head, in two halves: rows F/2.. once
+  // the warps are done reading W1's tile, rows ..F/2 once the partial sums that reuse them are
+  // read. The next head's W2 follows once the last product with W2 is done. Neither is loaded so
+  // during a head that ends its mini-batch (the update reads both tiles); w1_next, w2_next say
+  // whether they were. Either way W1 completes with the rows' group.
   const auto w1_of = [&](int64_t head) { return static_cast<TS*>(P.w[0]) + head * F * FH; };
   const auto w2_of = [&](int64_t head) {  // the CTA's hidden rows of the head's W2
     return static_cast<TS*>(P.w[2]) + head * FH * F + static_cast<int64_t>(hc0) * F;
   };
-  if constexpr (Cfg::PERSIST) load_weight_tile<TS, F, FHC, FH, 128>(smem, w1_of(bh), tid);
-  bool w2_next = false;
+  bool w1_next = false, w2_next = false;
   do {  // the grid never exceeds the heads: every CTA has one (and without PERSIST, only one)
-    const auto prefetch_w1_rows = [&](int r0) {  // rows [r0, r0 + F/2) of the next head's W1, as one group
-      if constexpr (Cfg::PERSIST) {
-        if (bh + step < BH)
-          load_weight_tile<TS, F / 2, FHC, FH, 128>(smem + r0 * Cfg::W1_ROW, w1_of(bh + step) + r0 * FH, tid);
-        cp_async_commit();
-      }
-    };
 
     char *sk = smem + Cfg::OFF_K, *sv = smem + Cfg::OFF_V, *skd = Cfg::CONVERT ? smem + Cfg::OFF_KD : sk;
     float* vec = reinterpret_cast<float*>(smem + Cfg::OFF_VEC);
@@ -220,7 +215,15 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
     hv.load(P, bh, b2, tid);
     const Token tok = load_token(P, bh);
     const bool last = tok.t == P.K - 1;
-    if constexpr (!Cfg::PERSIST) load_weight_tile<TS, F, FHC, FH, 128>(smem, W1 + hc0, tid);
+    if (!w1_next) load_weight_tile<TS, F, FHC, FH, 128>(smem, W1 + hc0, tid);
+    w1_next = Cfg::PERSIST && !last && bh + step < BH;
+    const auto prefetch_w1_rows = [&](int r0) {  // rows [r0, r0 + F/2) of the next head's W1, as one group
+      if constexpr (Cfg::PERSIST) {
+        if (w1_next)
+          load_weight_tile<TS, F / 2, FHC, FH, 128>(smem + r0 * Cfg::W1_ROW, w1_of(bh + step) + r0 * FH, tid);
+        cp_async_commit();
+      }
+    };
     load_minibatch_rows<TA, F, 128>(sk, sv, P, bh, tok.t, tid);
     cp_async_commit();
     if (!w2_next) load_weight_tile<TS, FHC, F, F, 128>(smem + Cfg::OFF_W2, W2, tid);
@@ -300,6 +303,10 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
     // them as dot operands in G2's tile, read from there by every warp
     g2_rows<F, TA, TS>(smem, gamma, beta, b2s, sk, sv, lr_row, tok.t, warp, lane);
     __syncthreads();
+    if (Cfg::PERSIST && last) {  // W1's rows under the partial sums, back for the update
+      load_weight_tile<TS, F / 2, FHC, FH, 128>(smem, W1, tid);
+      cp_async_commit();
+    }
     const uint32_t sG2 = smem_u32(smem + Cfg::OFF_G2);
 
     // ---- G1 = (G2 W2^T) * gelu'(Z1) for this warp's hidden slice
@@ -363,10 +370,11 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
       my[F + g] = xx[0];
       my[F + g + 8] = xx[2];
     }
+    if (Cfg::PERSIST && last) cp_async_wait<0>();  // W1's rows, for the update
     if constexpr (CS > 1) cg::this_cluster().sync(); else __syncthreads();
     prefetch_w1_rows(0);  // the partial sums in those rows are read
     if constexpr (Cfg::PERSIST) {  // every warp is done with W2's tile unless the update follows
-      w2_next = !last && bh + step < BH;
+      w2_next = w1_next;
       if (w2_next) load_weight_tile<TS, FHC, F, F, 128>(smem + Cfg::OFF_W2, w2_of(bh + step), tid);
       cp_async_commit();
     }
@@ -419,7 +427,8 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
         const int col = hw0 + 8 * nt + 2 * c;
         if (g == 0) st2(b1 + hc0 + col, b1s[col] - tok.eta * s1[nt][2], b1s[col + 1] - tok.eta * s1[nt][3]);
       }
-      // W1[:, slice] -= eta K^T G1: W1's tile was overwritten, so W1 comes from global memory (L2)
+      // W1[:, slice] -= eta K^T G1. With PERSIST in place in the tiles (W2's too), stored below in
+      // 16-byte rows; else from and to global memory (W1 from L2: the partial sums overwrote its tile)
   #pragma unroll
       for (int mt = 0; mt < KS; ++mt) {
         uint32_t ka[N][4];
@@ -428,10 +437,16 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
         TS* r1 = r0 + 8 * FH;
   #pragma unroll
         for (int nt = 0; nt < HT; ++nt) {
+          TS *p0 = r0 + 8 * nt, *p1 = r1 + 8 * nt;
+          if constexpr (Cfg::PERSIST) {
+            const int col = hw0 + 8 * nt + 2 * c;
+            p0 = reinterpret_cast<TS*>(smem + swz_el<Cfg::W1_ROW, 2>(16 * mt + g, col));
+            p1 = reinterpret_cast<TS*>(smem + swz_el<Cfg::W1_ROW, 2>(16 * mt + g + 8, col));
+          }
           float d[4] = {};
           mma<TS>(d, ka, bg1[nt]);
-          update2(r0 + 8 * nt, ld2(r0 + 8 * nt), d[0], d[1], tok.eta);
-          update2(r1 + 8 * nt, ld2(r1 + 8 * nt), d[2], d[3], tok.eta);
+          update2(p0, ld2(p0), d[0], d[1], tok.eta);
+          update2(p1, ld2(p1), d[2], d[3], tok.eta);
         }
       }
       // W2[slice, :] -= eta X2^T G2: X2^T's A fragments are X2's, each 8x8 block transposed; G2's
@@ -458,19 +473,26 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
         TS* r1 = r0 + 8 * F;
   #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-          float2 w0, w1;
+          TS *p0 = r0 + 8 * nt, *p1 = r1 + 8 * nt;  // updated here
+          const TS *w0 = p0, *w1 = p1;              // read from here
           if constexpr (N == 1) {  // W2's tile is intact and exact for 16-bit states
-            w0 = ld2(reinterpret_cast<const TS*>(smem + Cfg::OFF_W2 + swz_el<Cfg::W2_ROW, 2>(l0, 8 * nt + 2 * c)));
-            w1 = ld2(reinterpret_cast<const TS*>(smem + Cfg::OFF_W2 + swz_el<Cfg::W2_ROW, 2>(l1, 8 * nt + 2 * c)));
-          } else {
-            w0 = ld2(r0 + 8 * nt);
-            w1 = ld2(r1 + 8 * nt);
+            w0 = reinterpret_cast<const TS*>(smem + Cfg::OFF_W2 + swz_el<Cfg::W2_ROW, 2>(l0, 8 * nt + 2 * c));
+            w1 = reinterpret_cast<const TS*>(smem + Cfg::OFF_W2 + swz_el<Cfg::W2_ROW, 2>(l1, 8 * nt + 2 * c));
+          }
+          if constexpr (Cfg::PERSIST) {
+            p0 = const_cast<TS*>(w0);
+            p1 = const_cast<TS*>(w1);
           }
           float d[4] = {};
           mma<TS>(d, xt, bg2[nt]);
-          update2(r0 + 8 * nt, w0, d[0], d[1], tok.eta);
-          update2(r1 + 8 * nt, w1, d[2], d[3], tok.eta);
+          update2(p0, ld2(w0), d[0], d[1], tok.eta);
+          update2(p1, ld2(w1), d[2], d[3], tok.eta);
         }
+      }
+      if constexpr (Cfg::PERSIST) {  // the updated tiles to global memory
+        __syncthreads();
+        store_weight_tile<F, FHC, 128>(W1, smem, tid);
+        store_weight_tile<FHC, F, 128>(W2, smem + Cfg::OFF_W2, tid);
       }
     }
     if constexpr (CS > 1) cg::this_cluster().sync();  // no CTA leaves while others may read its shared memory
