@@ -189,13 +189,14 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
   // With PERSIST, a head's W1 is loaded during the previous head, in two halves: rows F/2.. once
   // the warps are done reading W1's tile, rows ..F/2 once the partial sums that reuse them are
   // read. The next head's W2 follows once the last product with W2 is done. Neither is loaded so
-  // during a head that ends its mini-batch (the update reads both tiles); w1_next, w2_next say
-  // whether they were. Either way W1 completes with the rows' group.
+  // during a head that ends its mini-batch (the update reads both tiles): `prefetch` says whether
+  // this head loads the next one's, `prefetched` whether the previous head loaded this one's.
+  // Either way W1 completes with the rows' group.
   const auto w1_of = [&](int64_t head) { return static_cast<TS*>(P.w[0]) + head * F * FH; };
   const auto w2_of = [&](int64_t head) {  // the CTA's hidden rows of the head's W2
     return static_cast<TS*>(P.w[2]) + head * FH * F + static_cast<int64_t>(hc0) * F;
   };
-  bool w1_next = false, w2_next = false;
+  bool prefetched = false;
   do {  // the grid never exceeds the heads: every CTA has one (and without PERSIST, only one)
 
     char *sk = smem + Cfg::OFF_K, *sv = smem + Cfg::OFF_V, *skd = Cfg::CONVERT ? smem + Cfg::OFF_KD : sk;
@@ -215,18 +216,18 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
     hv.load(P, bh, b2, tid);
     const Token tok = load_token(P, bh);
     const bool last = tok.t == P.K - 1;
-    if (!w1_next) load_weight_tile<TS, F, FHC, FH, 128>(smem, W1 + hc0, tid);
-    w1_next = Cfg::PERSIST && !last && bh + step < BH;
+    const bool prefetch = Cfg::PERSIST && !last && bh + step < BH;
+    if (!prefetched) load_weight_tile<TS, F, FHC, FH, 128>(smem, W1 + hc0, tid);
     const auto prefetch_w1_rows = [&](int r0) {  // rows [r0, r0 + F/2) of the next head's W1, as one group
       if constexpr (Cfg::PERSIST) {
-        if (w1_next)
+        if (prefetch)
           load_weight_tile<TS, F / 2, FHC, FH, 128>(smem + r0 * Cfg::W1_ROW, w1_of(bh + step) + r0 * FH, tid);
         cp_async_commit();
       }
     };
     load_minibatch_rows<TA, F, 128>(sk, sv, P, bh, tok.t, tid);
     cp_async_commit();
-    if (!w2_next) load_weight_tile<TS, FHC, F, F, 128>(smem + Cfg::OFF_W2, W2, tid);
+    if (!prefetched) load_weight_tile<TS, FHC, F, F, 128>(smem + Cfg::OFF_W2, W2, tid);
     cp_async_commit();  // (empty when W2 came with the previous head: the group count stays the same)
     hv.store(gamma, beta, b2s, qv, tid);
   #pragma unroll
@@ -374,8 +375,7 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
     if constexpr (CS > 1) cg::this_cluster().sync(); else __syncthreads();
     prefetch_w1_rows(0);  // the partial sums in those rows are read
     if constexpr (Cfg::PERSIST) {  // every warp is done with W2's tile unless the update follows
-      w2_next = w1_next;
-      if (w2_next) load_weight_tile<TS, FHC, F, F, 128>(smem + Cfg::OFF_W2, w2_of(bh + step), tid);
+      if (prefetch) load_weight_tile<TS, FHC, F, F, 128>(smem + Cfg::OFF_W2, w2_of(bh + step), tid);
       cp_async_commit();
     }
 
@@ -473,16 +473,12 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
         TS* r1 = r0 + 8 * F;
   #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-          TS *p0 = r0 + 8 * nt, *p1 = r1 + 8 * nt;  // updated here
-          const TS *w0 = p0, *w1 = p1;              // read from here
+          TS *w0 = r0 + 8 * nt, *w1 = r1 + 8 * nt;  // read from here
           if constexpr (N == 1) {  // W2's tile is intact and exact for 16-bit states
-            w0 = reinterpret_cast<const TS*>(smem + Cfg::OFF_W2 + swz_el<Cfg::W2_ROW, 2>(l0, 8 * nt + 2 * c));
-            w1 = reinterpret_cast<const TS*>(smem + Cfg::OFF_W2 + swz_el<Cfg::W2_ROW, 2>(l1, 8 * nt + 2 * c));
+            w0 = reinterpret_cast<TS*>(smem + Cfg::OFF_W2 + swz_el<Cfg::W2_ROW, 2>(l0, 8 * nt + 2 * c));
+            w1 = reinterpret_cast<TS*>(smem + Cfg::OFF_W2 + swz_el<Cfg::W2_ROW, 2>(l1, 8 * nt + 2 * c));
           }
-          if constexpr (Cfg::PERSIST) {
-            p0 = const_cast<TS*>(w0);
-            p1 = const_cast<TS*>(w1);
-          }
+          TS *p0 = Cfg::PERSIST ? w0 : r0 + 8 * nt, *p1 = Cfg::PERSIST ? w1 : r1 + 8 * nt;  // updated here
           float d[4] = {};
           mma<TS>(d, xt, bg2[nt]);
           update2(p0, ld2(w0), d[0], d[1], tok.eta);
@@ -497,6 +493,7 @@ __global__ void __launch_bounds__(128, MlpCfg<F, TA, TS>::MIN_BLOCKS)
     }
     if constexpr (CS > 1) cg::this_cluster().sync();  // no CTA leaves while others may read its shared memory
     if constexpr (Cfg::PERSIST) __syncthreads();      // the next head's rows, W2 and vectors overwrite these
+    prefetched = prefetch;
   } while (Cfg::PERSIST && (bh += step) < BH);
 }
 
