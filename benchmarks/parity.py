@@ -1,6 +1,6 @@
 """Parity of a fused TTT decode path with the PyTorch reference path over a long generation.
 
-    python benchmarks/parity.py                          # ttt-1b, mlp_2_dual_triton vs mlp_2_dual, B=32, 512 steps, fp16
+    python benchmarks/parity.py                         # ttt-1b, mlp_2_dual_triton vs mlp_2_dual, B=32, 512 steps, fp16
     python benchmarks/parity.py --inner_net mlp_2_dual_triton mlp_2_primal_triton --json
     python benchmarks/parity.py --device cpu --model-name ttt-tiny --batch 2 --genlen 8 --inner_net mlp_2_primal
 

@@ -45,8 +45,9 @@ def summarize(events: list[dict]):
 
 
 def format_table(kind, total, rows, top: int, width: int) -> str:
+    nested = " (CPU operators: nested, so shares over-count)" if kind == "CPU" else ""
     lines = [f"{kind} time in trace: {total / 1e3:.3f} ms over {sum(c for _, c, _ in rows)} events, "
-             f"{len(rows)} distinct names" + (" (CPU operators: nested, so shares over-count)" if kind == "CPU" else ""),
+             f"{len(rows)} distinct names" + nested,
              f"{'total ms':>10} {'share':>7} {'calls':>7} {'mean us':>9}  name"]
     for name, calls, t in rows[:top]:
         short = name if len(name) <= width else name[: width - 3] + "..."

@@ -27,7 +27,8 @@ def test_decode_benchmark_cpu_smoke(tmp_path):
     row = next(line for line in r.stdout.splitlines() if line.startswith("| ttt-tiny mlp_2_dual eager | 2 |"))
     assert row.rstrip().endswith("| ok (cpu) |")
     assert "max stable batch 2" in r.stdout
-    assert list(tmp_path.glob("*.log")) and list(tmp_path.glob("trace_*.json")) and list(tmp_path.glob("trace_*.stacks"))
+    for pattern in ("*.log", "trace_*.json", "trace_*.stacks"):
+        assert list(tmp_path.glob(pattern)), pattern
     # the trace it wrote (CPU operators only) summarises too
     s = run("trace_summary.py", next(tmp_path.glob("trace_*.json")), "--top", "5")
     assert s.returncode == 0, s.stderr
