@@ -82,6 +82,8 @@ def test_norm_errors(device):
         gated_layer_norm(x, x[:1], torch.ones(8, device=device), torch.zeros(8, device=device), 1e-6)
     with pytest.raises(ValueError, match="even"):
         silu_mul(torch.zeros(2, 7, device=device))
+    with pytest.raises(ValueError, match="gate_up"):
+        silu_mul(torch.tensor(1.0, device=device))
 
 
 def rotary_tables(f, period, device):
@@ -206,6 +208,14 @@ def test_ttt_step_inputs_errors(device):
     before = [st.clone(), pos.clone()]
     with pytest.raises(TypeError, match="lr_bias"):
         call(lr_bias=lr_bias.long())
+    with pytest.raises(TypeError, match="q_weight"):
+        ttt_step_inputs(x, x, logit, st, w.long(), b, w, b, cos, sin, pos, lr_bias, 0.1, H)
+    with pytest.raises(TypeError, match="k_bias"):
+        ttt_step_inputs(x, x, logit, st, w, b, w, b.double(), cos, sin, pos, lr_bias, 0.1, H)
+    with pytest.raises(ValueError, match="period >= 1"):  # positions are taken modulo the period
+        ttt_step_inputs(x, x, logit, st, w, b, w, b, cos[:0], sin[:0], pos, lr_bias, 0.1, H)
+    with pytest.raises(ValueError, match="num_heads"):
+        ttt_step_inputs(x, x, logit, st, w, b, w, b, cos, sin, pos, lr_bias, 0.1, 0)
     assert torch.equal(st, before[0]) and torch.equal(pos, before[1]), "a rejected call wrote the state"
 
 
@@ -257,3 +267,8 @@ def test_conv_prefill_errors(device):
         qk_conv_rotary_prefill(x, st, w, b, w[:, :2], b, cos, sin, n, n, 2)
     with pytest.raises(ValueError, match="conv_state"):
         qk_conv_rotary_prefill(x, st[:1], w, b, w, b, cos, sin, n, n, 2)
+    with pytest.raises(ValueError, match="period >= 1"):
+        qk_conv_rotary_prefill(x, st, w, b, w, b, cos[:0], sin[:0], n, n, 2)
+    with pytest.raises(TypeError, match="weight"):
+        causal_conv1d_prefill(x, st, w.long(), b, n)
+    assert not st.any(), "a rejected call wrote the state"

@@ -2,6 +2,8 @@
 reference scan, save/load, configs and bad input (CPU, Triton's interpreter, fp32); on the
 GPU, CUDA-graph vs eager generation of mamba-1.4b and a cross-check against mamba-ssm."""
 
+import re
+
 import pytest
 import torch
 
@@ -194,6 +196,20 @@ def test_save_load_round_trip(tmp_path, device):
 
 # ------------------------------------------------------------------ bad input: clear errors, state untouched
 
+def with_layer(cache, i, j, how):
+    """A cache sharing ``cache``'s tensors but for layer ``i``'s state ``j`` (0 conv, 1 SSM) in dtype
+    ``how``, or non-contiguous (``"strided"``)."""
+    layers = list(cache.layers)
+    states = list(layers[i])
+    t = states[j]
+    if how == "strided":
+        states[j] = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)[..., ::2].copy_(t)
+    else:
+        states[j] = t.to(how)
+    layers[i] = tuple(states)
+    return InferenceCache(layers, cache.positions)
+
+
 def test_bad_input_is_rejected_and_leaves_the_cache_alone(device):
     model = tiny_model(device)
     cache = model.allocate_inference_cache(2)
@@ -215,9 +231,19 @@ def test_bad_input_is_rejected_and_leaves_the_cache_alone(device):
         (ValueError, "conv_state", lambda: model.step(ids, other_width)),
         (ValueError, "cache layer 1", lambda: model.step(ids, InferenceCache([cache.layers[0], other_width.layers[1]],
                                                                              cache.positions))),
+        # layer 1's states broken where only its kernels would have noticed, after layer 0 was stepped
+        (TypeError, "cache layer 1: ssm_state must have dtype",
+         lambda: model.step(ids, with_layer(cache, 1, 1, torch.int32))),
+        (TypeError, "cache layer 1: ssm_state must have dtype",
+         lambda: model.prefill(ids[:, None], with_layer(cache, 1, 1, torch.int32))),
+        (ValueError, "cache layer 1: conv_state must be contiguous",
+         lambda: model.step(ids, with_layer(cache, 1, 0, "strided"))),
+        (ValueError, "cache layer 1: cache must be a (conv_state, ssm_state) pair",
+         lambda: model.step(ids, InferenceCache([cache.layers[0], (*cache.layers[1], cache.layers[1][1])],
+                                                cache.positions))),
     ]
     for exc, match, call in bad_calls:
-        with pytest.raises(exc, match=match):
+        with pytest.raises(exc, match=re.escape(match)):
             call()
         for t, t0 in zip(cache.tensors(), before, strict=True):
             assert torch.equal(t, t0)

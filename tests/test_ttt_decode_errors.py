@@ -27,10 +27,16 @@ CASES = {
     "wrong_state_kind": (TypeError, "state must be a"),
     "state_heads": (ValueError, "state.weights[0] must have shape"),
     "state_not_contiguous": (ValueError, "state.weights[0] must be contiguous"),
-    "state_mixed_dtypes": (TypeError, "state.weights[1] must have dtype"),
+    "state_mixed_dtypes": (TypeError, "state.weights[0] is torch.float16, state.weights[1] torch.float32"),
+    "state_aliased": (ValueError, "share memory"),
+    "lr_cache_dtype": (TypeError, "state.lr_cache must have dtype"),
+    "dual_minibatch_8": (ValueError, "need a mini-batch K >= 16"),
+    "empty_batch": (ValueError, "q holds no sequences"),
     "out_dtype": (TypeError, "out must have dtype"),
     "out_strided": (ValueError, "out must be contiguous"),
+    "out_is_state": (ValueError, "out and state.weights"),
 }
+DUAL_ONLY = ("lr_cache_dtype", "dual_minibatch_8")
 
 
 def make_call(inner_net, form, B=2, H=2, f=64):
@@ -69,15 +75,33 @@ def break_call(case, a, params, form):
         st.weights[0].copy_(w)
     elif case == "state_mixed_dtypes":
         st.weights[1] = st.weights[1].float()
+    elif case == "state_aliased":  # in-place updates of one would change the other
+        if form == "dual":
+            st.v_cache = st.k_cache
+        else:
+            st.grads[0] = st.weights[0]
+    elif case == "lr_cache_dtype":
+        st.lr_cache = st.lr_cache.double()
+    elif case == "dual_minibatch_8":  # a consistent state, but below the kernels' 16-row tiles
+        a["token_idx_bias"] = a["token_idx_bias"][:8].contiguous()
+        for name in ("k_cache", "v_cache", "lr_cache"):
+            setattr(st, name, getattr(st, name)[:, :, :8].contiguous())
+    elif case == "empty_batch":
+        for name in ("q", "k", "v", "lr", "pos"):
+            a[name] = a[name][:0]
     elif case == "out_dtype":
         a["out"] = torch.empty_like(a["q"], dtype=F32)
     elif case == "out_strided":
         a["out"] = torch.empty(B, H, 2 * f, dtype=a["q"].dtype)[..., ::2]
+    elif case == "out_is_state":  # the last bias has q's shape and dtype
+        a["out"] = st.weights[-1]
 
 
 @pytest.mark.parametrize("inner_net,form", list(KERNELS), ids=lambda x: str(x))
 @pytest.mark.parametrize("case", list(CASES))
 def test_rejected_call_leaves_state_untouched(inner_net, form, case):
+    if case in DUAL_ONLY and form != "dual":
+        pytest.skip("a dual-state case")
     a, params = make_call(inner_net, form)
     break_call(case, a, params, form)
     before = [x.clone() for x in a["state"].tensors()]

@@ -4,6 +4,9 @@ token-by-token decode, save/load, generation; on the GPU, CUDA-graph vs eager ge
 fp32 on the test device (the CPU with Triton's interpreter, or the GPU when there is one)."""
 
 import copy
+import dataclasses
+import json
+import re
 
 import pytest
 import torch
@@ -238,6 +241,21 @@ def test_named_configs_sizes():
         m.set_inner_net("mlp_1_dual")
 
 
+def with_layer_state(cache, i, pre_conv=None, qk_conv=None, **ttt_fields):
+    """A cache sharing ``cache``'s tensors but for layer ``i``'s replaced pre-conv, qk-conv or TTT state fields."""
+    blk = cache.layers[i]
+    mixer = dataclasses.replace(blk.mixer, ttt=dataclasses.replace(blk.mixer.ttt, **ttt_fields),
+                                qk_conv=blk.mixer.qk_conv if qk_conv is None else qk_conv)
+    layers = list(cache.layers)
+    layers[i] = dataclasses.replace(blk, mixer=mixer, pre_conv=blk.pre_conv if pre_conv is None else pre_conv)
+    return InferenceCache(layers, cache.positions)
+
+
+def strided(t):
+    """``t``'s values in a non-contiguous tensor."""
+    return torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)[..., ::2].copy_(t)
+
+
 def test_bad_input_is_rejected_and_leaves_the_cache_alone(device):
     """Bad ids, a cache of another inner-net form (set_inner_net after allocating), of the other
     family, with one layer of another width: a clear error before any layer is stepped."""
@@ -250,15 +268,35 @@ def test_bad_input_is_rejected_and_leaves_the_cache_alone(device):
     other_family = TTTLM.from_name("ttt-tiny", inner_net="mlp_1_dual", device=device).allocate_inference_cache(2)
     narrow = TTTLM.from_name("ttt-tiny", hidden_size=64, num_attention_heads=1, device=device)
     spliced = InferenceCache([cache.layers[0], narrow.allocate_inference_cache(2).layers[1]], cache.positions)
+    ttt1 = cache.layers[1].mixer.ttt
     bad_calls = [
         (ValueError, "input_ids", lambda: model.step(ids[:1], cache)),
         (TypeError, "input_ids", lambda: model.step(ids.float(), cache)),
         (TypeError, "TTTPrimalState", lambda: primal.step(ids, cache)),
         (TypeError, "TTTPrimalState", lambda: primal.prefill(ids[:, None], cache)),
-        (ValueError, "TTT weights", lambda: model.step(ids, InferenceCache(other_family.layers, cache.positions))),
+        (ValueError, "mlp_2 needs 4", lambda: model.step(ids, InferenceCache(other_family.layers, cache.positions))),
         (ValueError, "cache layer 1", lambda: model.step(ids, spliced)),
         (TypeError, "not a TTT block", lambda: model.step(ids, InferenceCache([cache.layers[0], (ids, ids)],
                                                                               cache.positions))),
+        # layer 1's state broken where only its TTT op would have noticed, after layer 0 was stepped
+        (ValueError, "cache layer 1: state.k_cache must have shape",
+         lambda: model.step(ids, with_layer_state(cache, 1, k_cache=ttt1.k_cache[:, :, :8].contiguous()))),
+        (TypeError, "cache layer 1: state.lr_cache must have dtype",
+         lambda: model.prefill(ids[:, None], with_layer_state(cache, 1, lr_cache=ttt1.lr_cache.half()))),
+        (TypeError, "cache layer 1: the state's weights must share one dtype",
+         lambda: model.step(ids, with_layer_state(cache, 1, weights=[ttt1.weights[0].half(), *ttt1.weights[1:]]))),
+        (ValueError, "cache layer 1: state.k_cache and state.v_cache share memory",
+         lambda: model.step(ids, with_layer_state(cache, 1, v_cache=ttt1.k_cache))),
+        (ValueError, "cache layer 1: cache.qk_conv must be contiguous",
+         lambda: model.step(ids, with_layer_state(cache, 1, qk_conv=strided(cache.layers[1].mixer.qk_conv)))),
+        (TypeError, "cache layer 0: pre_conv must have dtype",
+         lambda: model.step(ids, with_layer_state(cache, 0, pre_conv=cache.layers[0].pre_conv.double()))),
+        (TypeError, "lengths must be integers", lambda: model.prefill(ids[:, None].repeat(1, 3), cache, [2.7, 3.0])),
+        (TypeError, "lengths must be integers", lambda: model.prefill(ids[:, None], cache, torch.tensor([True, True]))),
+        (ValueError, "the batch is empty",
+         lambda: model.prefill(ids[:0, None], model.allocate_inference_cache(0))),
+        (ValueError, "input_ids must be a", lambda: generate(model, ids, 5, cg=False)),
+        (TypeError, "max_length must be an int", lambda: generate(model, ids[:, None], 5.0, cg=False)),
     ]
     for exc, match, call in bad_calls:
         with pytest.raises(exc, match=match):
@@ -267,6 +305,40 @@ def test_bad_input_is_rejected_and_leaves_the_cache_alone(device):
             assert torch.equal(t, t0), match
     with pytest.raises(TypeError, match="runs states in"):
         with_inner_net(model, "mlp_2_dual_triton").allocate_inference_cache(2, state_dtype=torch.float64)
+
+
+def test_layer_checks_its_input_and_cache_before_writing(device):
+    """A TTT layer used alone: a bad input or cache is rejected before its convs step."""
+    layer = tiny_model("mlp_2_dual_triton", device=device).layers[0].mixer
+    cache = layer.allocate_inference_cache(2, F32, F32)
+    x = torch.randn(2, layer.hidden_size, device=device)
+    layer.step(x, cache)
+    before = [t.clone() for t in cache.tensors()]
+    primal = copy.deepcopy(layer)
+    primal.set_inner_net("mlp_2_primal_triton")
+    bad_calls = [
+        (TypeError, "state.lr_cache must have dtype",
+         lambda: layer.step(x, dataclasses.replace(cache, ttt=dataclasses.replace(cache.ttt,
+                                                                                   lr_cache=cache.ttt.lr_cache.half())))),
+        (TypeError, "TTTPrimalState", lambda: primal.step(x, cache)),
+        (TypeError, "x must have dtype", lambda: layer.step(x.double(), cache)),
+        (ValueError, "x must be a [B, D]", lambda: layer.step(x[:, :-1], cache)),
+        (ValueError, "state.weights[0] must have shape (1,", lambda: layer.step(x[:1], cache)),
+        (ValueError, "x must be a [B, T, D]", lambda: layer.prefill(x, cache)),
+    ]
+    for exc, match, call in bad_calls:
+        with pytest.raises(exc, match=re.escape(match)):
+            call()
+        for t, t0 in zip(cache.tensors(), before, strict=True):
+            assert torch.equal(t, t0), match
+
+
+@pytest.mark.parametrize("inner_net,K", [("mlp_2_dual_triton", 12), ("mlp_1_dual_triton", 8),
+                                         ("mlp_2_primal_triton", 12)])
+def test_kernel_sizes_are_checked_when_the_model_is_built(inner_net, K):
+    with pytest.raises(ValueError, match="K must be a power of two|need a mini-batch K >= 16"):
+        TTTLM.from_name("ttt-tiny", inner_net=inner_net, mini_batch_size=K)
+    TTTLM.from_name("ttt-tiny", inner_net=reference_for(inner_net), mini_batch_size=K)  # the references take any K
 
 
 def test_save_load_round_trip(tmp_path, device):
@@ -285,6 +357,34 @@ def test_save_load_round_trip(tmp_path, device):
         TTTLM.from_pretrained(tmp_path / "m", inner_net="mlp_1_dual")
     # a fresh init is seeded: the same weights every time
     assert torch.equal(TTTLM.from_name("ttt-tiny").embed_tokens.weight, TTTLM.from_name("ttt-tiny").embed_tokens.weight)
+
+
+def test_from_pretrained_errors_name_the_file(tmp_path):
+    path = tmp_path / "m"
+    TTTLM.from_name("ttt-tiny").save_pretrained(path)
+    config = json.loads((path / "config.json").read_text())
+
+    def rewrite(name, text):
+        (path / name).write_text(text) if isinstance(text, str) else (path / name).write_bytes(text)
+
+    weights = (path / "model.safetensors").read_bytes()
+    cases = [
+        ("config.json", "{not json", ValueError, "config.json"),
+        ("config.json", json.dumps([1, 2]), TypeError, "JSON object, got list"),
+        ("config.json", json.dumps({**config, "hidden_size": "128"}), TypeError, "TTTConfig.hidden_size must be int"),
+        ("config.json", json.dumps({**config, "hidden_size": 64}), ValueError, "do not fit its config.json"),
+        ("model.safetensors", weights[:100], ValueError, "model.safetensors is not a readable safetensors file"),
+    ]
+    for name, text, exc, match in cases:
+        original = (path / name).read_bytes()
+        rewrite(name, text)
+        with pytest.raises(exc, match=re.escape(match)):
+            TTTLM.from_pretrained(path)
+        rewrite(name, original)
+    with pytest.raises(TypeError, match="floating-point"):
+        TTTLM.from_pretrained(path, dtype=torch.int32)
+    TTTLM.from_pretrained(path)  # restored
+    assert get_config("mamba-tiny", dt_rank="auto").dt_rank is None  # as mamba-ssm's configs say it
 
 
 def test_generate_eager_cpu():

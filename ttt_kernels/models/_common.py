@@ -24,10 +24,20 @@ from .config import get_config
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
+def _with_context(e: Exception, where: str) -> Exception:
+    """A TypeError or ValueError like ``e`` (subclasses such as JSONDecodeError take other
+    arguments) whose message starts with ``where``."""
+    return (TypeError if isinstance(e, TypeError) else ValueError)(f"{where}: {e}")
+
+
 def read_config(path, config_cls):
     """The config ``save_pretrained`` wrote into ``path``."""
-    with open(os.path.join(path, CONFIG_FILE)) as fh:
-        return config_cls.from_dict(json.load(fh))
+    file = os.path.join(path, CONFIG_FILE)
+    with open(file) as fh:
+        try:
+            return config_cls.from_dict(json.load(fh))
+        except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
+            raise _with_context(e, file) from None
 
 
 class RecurrentLM(nn.Module):
@@ -71,13 +81,21 @@ class RecurrentLM(nn.Module):
     # ---- decode
 
     def _check_cache(self, cache) -> None:
-        # the model's share (one of fewer layers would not fail at all); the subclasses add each
-        # layer's state
+        """Every layer's state before any layer is stepped (the blocks then run unchecked)."""
         if not isinstance(cache, InferenceCache):
             raise TypeError(f"cache must be an InferenceCache, got {type(cache).__name__}")
         if len(cache.layers) != len(self.layers):
             raise ValueError(f"cache has {len(cache.layers)} layers, the model {len(self.layers)}: "
                              "allocate it with this model's allocate_inference_cache")
+        for i, (blk, c) in enumerate(zip(self.layers, cache.layers)):
+            try:
+                self._check_layer_cache(blk, c, cache.batch_size)
+            except (TypeError, ValueError) as e:
+                raise _with_context(e, f"cache layer {i}") from None
+
+    def _check_layer_cache(self, blk, c, batch: int) -> None:
+        """One block's state (the subclass knows its layout)."""
+        raise NotImplementedError
 
     @staticmethod
     def _check_ids(input_ids, dims: int) -> None:
@@ -154,9 +172,19 @@ class RecurrentLM(nn.Module):
     def _load_pretrained(cls, path, config, device=None, dtype=None):
         """The model of ``config`` with ``save_pretrained``'s weights from ``path``; ``dtype``
         defaults to the saved one (parameters kept in fp32 by design stay fp32)."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
-        tensors = load_file(os.path.join(path, WEIGHTS_FILE))
-        dtype = tensors["embed_tokens.weight"].dtype if dtype is None else dtype
+        file = os.path.join(path, WEIGHTS_FILE)
+        try:
+            tensors = load_file(file)
+        except SafetensorError as e:
+            raise ValueError(f"{file} is not a readable safetensors file: {e}") from None
+        dtype = tensors["embed_tokens.weight"].dtype if dtype is None and "embed_tokens.weight" in tensors else dtype
+        if dtype is not None and not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
         model = cls(config, device=device, dtype=dtype, init=False)
-        model.load_state_dict(tensors, strict=True)
+        try:
+            model.load_state_dict(tensors, strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"the weights in {file} do not fit its config.json: {e}") from None
         return model

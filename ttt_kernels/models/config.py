@@ -7,14 +7,27 @@ import math
 from dataclasses import dataclass
 
 
+# a field's annotation -> the values it takes (bool is an int to Python, never a size here)
+_FIELD_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "int | None": (int, type(None))}
+
+
 class _ConfigIO:
-    """JSON round trip of a config dataclass (``save_pretrained`` / ``from_pretrained``)."""
+    """JSON round trip of a config dataclass (``save_pretrained`` / ``from_pretrained``), with
+    each field's type checked (a config file read back is user input)."""
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v, types = getattr(self, f.name), _FIELD_TYPES[f.type]
+            if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+                raise TypeError(f"{type(self).__name__}.{f.name} must be {f.type}, got {v!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict):
+        if not isinstance(d, dict):
+            raise TypeError(f"a {cls.__name__} is read from a JSON object, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -55,11 +68,16 @@ class MambaConfig(_ConfigIO):
     d_state: int = 16
     d_conv: int = 4
     expand: int = 2
-    dt_rank: int | None = None  # ceil(d_model / 16) when None
+    dt_rank: int | None = None  # ceil(d_model / 16) when None (or "auto", as mamba-ssm's configs say)
     rms_norm_eps: float = 1e-5
     initializer_range: float = 0.02
     use_triton: bool = True  # the fused Triton step; False: the PyTorch reference step
     seed: int = 0  # of the random init
+
+    def __post_init__(self):
+        if self.dt_rank == "auto":
+            self.dt_rank = None
+        super().__post_init__()
 
     @property
     def padded_vocab_size(self) -> int:

@@ -41,11 +41,11 @@ class MambaBlock(nn.Module):
 
     def step(self, hidden, residual, cache):
         h, residual = self.norm(hidden, residual, prenorm=True, fused=self.fused)
-        return self.mixer.step(h, cache), residual
+        return self.mixer.step_checked(h, cache), residual  # the model checked every layer's cache
 
     def prefill(self, hidden, residual, cache, plan):
         h, residual = self.norm(hidden, residual, prenorm=True, fused=self.fused)
-        return self.mixer.prefill(h, cache, plan=plan), residual
+        return self.mixer.prefill_checked(h, cache, plan=plan), residual
 
 
 class MambaLM(RecurrentLM):
@@ -79,16 +79,8 @@ class MambaLM(RecurrentLM):
         layers = [blk.mixer.allocate_inference_cache(batch, state_dtype=state_dtype) for blk in self.layers]
         return InferenceCache(layers, positions)
 
-    def _check_cache(self, cache) -> None:
-        # every layer before any is stepped: a layer's kernels check only their own states
-        super()._check_cache(cache)
-        B = cache.batch_size
-        for i, (blk, c) in enumerate(zip(self.layers, cache.layers)):
-            m = blk.mixer
-            want = ((B, m.d_inner, m.d_conv), (B, m.d_inner, m.d_state))
-            got = tuple(tuple(getattr(t, "shape", ())) for t in c) if isinstance(c, (tuple, list)) else None
-            if got != want:
-                raise ValueError(f"cache layer {i}: (conv_state, ssm_state) shapes {got}, the model's {want}")
+    def _check_layer_cache(self, blk: MambaBlock, c, batch: int) -> None:
+        blk.mixer.check_cache(c, batch)
 
     def decode_bytes_per_step(self, batch: int, state_dtype=None) -> int:
         """Per step: each layer's states read and written plus x, z, y and x_proj's output

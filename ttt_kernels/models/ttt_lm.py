@@ -19,6 +19,7 @@ import torch.nn as nn
 from ..modules.mlp import SwiGLU
 from ..modules.norm import RMSNorm
 from ..modules.ttt_layer import TTTLayer, TTTLayerCache, conv_prefill, pre_conv_block_step
+from ..ops.ttt_state import _check_tensor
 from ..utils.generation import InferenceCache, PrefillPlan
 from ._common import RecurrentLM, read_config
 from .config import TTTConfig
@@ -64,7 +65,7 @@ class TTTBlock(nn.Module):
         fused = self.fused
         h, residual = pre_conv_block_step(hidden, residual, cache.pre_conv, self.conv_norm, self.pre_conv,
                                           self.seq_norm, fused)
-        h = self.mixer.step(h, cache.mixer)
+        h = self.mixer.step_checked(h, cache.mixer)  # the model checked every layer's cache
         h, residual = self.ffn_norm(h, residual, prenorm=True, fused=fused)
         return self.mlp(h, fused=fused), residual
 
@@ -73,7 +74,7 @@ class TTTBlock(nn.Module):
         h, residual = self.conv_norm(hidden, residual, prenorm=True, fused=fused)
         h = conv_prefill(h, cache.pre_conv, self.pre_conv, plan.lengths, fused=fused)
         h, residual = self.seq_norm(h, residual, prenorm=True, fused=fused)
-        h = self.mixer.prefill(h, cache.mixer, plan=plan)
+        h = self.mixer.prefill_checked(h, cache.mixer, plan=plan)
         h, residual = self.ffn_norm(h, residual, prenorm=True, fused=fused)
         return self.mlp(h, fused=fused), residual
 
@@ -123,17 +124,13 @@ class TTTLM(RecurrentLM):
                 for p in (m.ttt_norm_bias, m.token_idx_bias, m.lr_bias):
                     p.zero_()
 
-    def _check_cache(self, cache) -> None:
-        # every layer before any is stepped: a layer's kernels check only their own state
-        super()._check_cache(cache)
-        B = cache.batch_size
-        for i, (blk, c) in enumerate(zip(self.layers, cache.layers)):
-            if not isinstance(c, TTTBlockCache):
-                raise TypeError(f"cache layer {i} is a {type(c).__name__}, not a TTT block's cache")
-            conv = (B, blk.pre_conv.in_channels, blk.pre_conv.kernel_size[0])
-            if tuple(c.pre_conv.shape) != conv:
-                raise ValueError(f"cache layer {i}: pre_conv has shape {tuple(c.pre_conv.shape)}, the model's {conv}")
-            blk.mixer.check_cache(c.mixer, B)
+    def _check_layer_cache(self, blk: TTTBlock, c, batch: int) -> None:
+        if not isinstance(c, TTTBlockCache):
+            raise TypeError(f"a {type(c).__name__}, not a TTT block's cache")
+        w = blk.pre_conv.weight
+        _check_tensor("pre_conv", c.pre_conv, (batch, blk.pre_conv.in_channels, blk.pre_conv.kernel_size[0]),
+                      (w.dtype,), w.device)
+        blk.mixer.check_cache(c.mixer, batch)
 
     # ---- inner net
 

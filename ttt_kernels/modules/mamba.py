@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch.nn.utils import skip_init
 
 from ..ops.mamba import mamba_scan_ref, mamba_step, mamba_step_ref
-from ..utils.generation import PrefillPlan
+from ..ops.ttt_state import ACT_DTYPES, FLOAT_DTYPES, _check_tensor, check_disjoint
+from ..utils.generation import PrefillPlan, lengths_on_host
 
 
 @torch.compiler.disable
@@ -96,10 +97,37 @@ class Mamba(nn.Module):
         return (torch.zeros(batch, self.d_inner, self.d_conv, dtype=dtype, device=dev),
                 torch.zeros(batch, self.d_inner, self.d_state, dtype=state_dtype, device=dev))
 
+    def check_cache(self, cache, batch: int) -> None:
+        """That ``cache`` is ``(conv_state, ssm_state)`` as :meth:`allocate_inference_cache` makes it
+        for ``batch`` sequences (shapes, dtypes, device, contiguous, apart): checked before a step
+        or prefill writes anything."""
+        if not isinstance(cache, (tuple, list)) or len(cache) != 2:
+            raise ValueError(f"cache must be a (conv_state, ssm_state) pair, got {type(cache).__name__}"
+                             + (f" of {len(cache)}" if isinstance(cache, (tuple, list)) else ""))
+        w = self.in_proj.weight
+        dtypes = ACT_DTYPES if self.use_triton else FLOAT_DTYPES  # the reference step runs float64 too
+        _check_tensor("conv_state", cache[0], (batch, self.d_inner, self.d_conv), dtypes, w.device)
+        _check_tensor("ssm_state", cache[1], (batch, self.d_inner, self.d_state), dtypes, w.device)
+        check_disjoint([("conv_state", cache[0]), ("ssm_state", cache[1])])
+
+    def _check_call(self, hidden: torch.Tensor, cache, dims: int) -> None:
+        w = self.in_proj.weight
+        if not isinstance(hidden, torch.Tensor) or hidden.dim() != dims or hidden.shape[-1] != self.d_model:
+            want = "[B, d_model]" if dims == 2 else "[B, T, d_model]"
+            raise ValueError(f"hidden must be a {want} tensor with d_model = {self.d_model}, "
+                             f"got {getattr(hidden, 'shape', hidden)}")
+        _check_tensor("hidden", hidden, tuple(hidden.shape), (w.dtype,), w.device, contiguous=False)
+        self.check_cache(cache, hidden.shape[0])
+
     @torch.no_grad()
     def step(self, hidden: torch.Tensor, cache) -> torch.Tensor:
         """One token per sequence: ``hidden [B, d_model] -> [B, d_model]``; updates ``cache`` in place.
         No host syncs, so it can be captured in a CUDA graph."""
+        self._check_call(hidden, cache, 2)
+        return self.step_checked(hidden, cache)
+
+    def step_checked(self, hidden: torch.Tensor, cache) -> torch.Tensor:
+        """:meth:`step` for a caller that has checked ``hidden`` and ``cache`` (the model, every layer first)."""
         conv_state, ssm_state = cache
         xz = F.linear(hidden, self.in_proj.weight)
         x, z = xz[:, :self.d_inner], xz[:, self.d_inner:]  # row-strided views: the kernels take them as they are
@@ -114,16 +142,20 @@ class Mamba(nn.Module):
         (right padding), sequence ``b``'s states stop after ``lengths[b]`` tokens and its padded
         outputs are zero. ``plan``: the model's checked :func:`prefill_plan`, instead of ``lengths``
         (no host sync here)."""
+        self._check_call(hidden, cache, 3)
+        return self.prefill_checked(hidden, cache, lengths, plan=plan)
+
+    def prefill_checked(self, hidden: torch.Tensor, cache, lengths=None, *,
+                        plan: PrefillPlan | None = None) -> torch.Tensor:
+        """:meth:`prefill` for a caller that has checked ``hidden`` and ``cache``."""
         conv_state, ssm_state = cache
         T = hidden.shape[1]
         if plan is not None:
             plan.check_for(hidden, lengths)
             lengths = None if plan.full else plan.lengths
         elif lengths is not None:
-            lengths = torch.as_tensor(lengths, device=hidden.device)
             # a host sync, which prefill (never graph-captured) can afford
-            if lengths.shape != (hidden.shape[0],) or bool(((lengths < 0) | (lengths > T)).any()):
-                raise ValueError(f"lengths must be [{hidden.shape[0]}] values in 0..{T}")
+            lengths = torch.tensor(lengths_on_host(lengths, hidden.shape[0], T, min_len=0), device=hidden.device)
         xz = F.linear(hidden, self.in_proj.weight)
         x, z = xz[..., :self.d_inner], xz[..., self.d_inner:]
         y, new_conv, new_ssm = mamba_scan_ref(x, z, *self.step_weights(), conv_state=conv_state,

@@ -32,7 +32,8 @@ from ..ops.conv_rotary import (causal_conv1d_prefill, causal_conv1d_prefill_ref,
                                qk_conv_rotary_prefill, qk_conv_rotary_prefill_ref, ttt_lr_ref, ttt_step_inputs,
                                ttt_step_inputs_ref)
 from ..ops.norm import gated_layer_norm, gated_layer_norm_ref
-from ..ops.ttt_state import STATE_DTYPES, TTTDualState, TTTPrimalState, inner_net_shapes
+from ..ops.ttt_state import (STATE_DTYPES, TTTDualState, TTTPrimalState, _check_tensor, check_kernel_sizes,
+                              check_state, inner_net_shapes)
 from ..utils.generation import PrefillPlan, prefill_plan
 from .rotary import Rotary
 
@@ -186,6 +187,11 @@ class TTTLayer(nn.Module):
         spec = get_inner_net(name)
         if spec.inner != self.inner:
             raise ValueError(f"{name} computes {spec.inner}, this layer's weights are for {self.inner}")
+        if spec.kernel:  # here, not at the first step: the sizes are the layer's
+            check_kernel_sizes(self.mini_batch, self.head_dim, dot=spec.form == "dual")
+        if spec.cuda:
+            from ..ops.cuda_backend import check_sizes
+            check_sizes(self.head_dim, self.mini_batch)
         self.inner_net, self.spec, self._op = name, spec, None
 
     @property
@@ -219,21 +225,29 @@ class TTTLayer(nn.Module):
         return TTTLayerCache(ttt, qk_conv, positions)
 
     def check_cache(self, cache: TTTLayerCache, batch: int) -> None:
-        """That ``cache`` is one this layer's ``allocate_inference_cache`` makes (the state form of
-        the current inner net, its shapes), host-side only: a step or prefill otherwise steps the
-        convs before the TTT op could reject the state."""
+        """That ``cache`` is one this layer's ``allocate_inference_cache`` makes for ``batch``
+        sequences: the current inner net's state form, shapes, dtypes, device and layout
+        (host-side only). Checked before anything is written: the convs step before the TTT
+        op would reject a bad state."""
         form = TTTDualState if self.spec.form == "dual" else TTTPrimalState
         ttt = getattr(cache, "ttt", None)
         if not isinstance(ttt, form):
             raise TypeError(f"the cache holds a {type(ttt).__name__}, {self.inner_net} runs on a {form.__name__}: "
                             "allocate the cache after set_inner_net")
-        shapes = [(batch, self.num_heads, *s) for s in inner_net_shapes(self.inner, self.head_dim)]
-        got = [tuple(w.shape) for w in ttt.weights]
-        if got != shapes:
-            raise ValueError(f"the cache's TTT weights have shapes {got}, this layer's {shapes}")
-        conv = (batch, self.hidden_size, self.conv_kernel)
-        if tuple(cache.qk_conv.shape) != conv:
-            raise ValueError(f"the cache's qk_conv has shape {tuple(cache.qk_conv.shape)}, this layer's {conv}")
+        dev, act = self.in_proj.weight.device, self.in_proj.weight.dtype
+        check_state(self.inner, form, ttt, batch, self.num_heads, self.head_dim, self.mini_batch, act, dev,
+                    float64_ok=not self.spec.kernel)
+        _check_tensor("cache.qk_conv", cache.qk_conv, (batch, self.hidden_size, self.conv_kernel), (act,), dev)
+        _check_tensor("cache.positions", cache.positions, (batch,), (torch.int64,), dev)
+
+    def _check_call(self, x: torch.Tensor, cache: TTTLayerCache, dims: int) -> None:
+        """A public step's (``dims`` 2) or prefill's (3) input and cache, before anything is written."""
+        w = self.in_proj.weight
+        if not isinstance(x, torch.Tensor) or x.dim() != dims or x.shape[-1] != self.hidden_size:
+            want = "[B, D]" if dims == 2 else "[B, T, D]"
+            raise ValueError(f"x must be a {want} tensor with D = {self.hidden_size}, got {getattr(x, 'shape', x)}")
+        _check_tensor("x", x, tuple(x.shape), (w.dtype,), w.device, contiguous=False)
+        self.check_cache(cache, x.shape[0])
 
     def reset_inference_cache(self, cache: TTTLayerCache) -> None:
         """Back to a fresh sequence, in place (a captured graph keeps its buffers)."""
@@ -278,6 +292,12 @@ class TTTLayer(nn.Module):
     def step(self, x: torch.Tensor, cache: TTTLayerCache) -> torch.Tensor:
         """One token per sequence at ``cache.positions``: ``x [B, D] -> [B, D]``; updates the
         state in place, leaves the positions to their owner. No host sync (graph-safe)."""
+        self._check_call(x, cache, 2)
+        return self.step_checked(x, cache)
+
+    def step_checked(self, x: torch.Tensor, cache: TTTLayerCache) -> torch.Tensor:
+        """:meth:`step` for a caller that has checked ``x`` and ``cache`` (a model checks every
+        layer's cache before the first layer writes)."""
         xqk, gate, v, lr_logit = self._project(x)
         fused = self.spec.kernel
         step_inputs = _fused_ttt_step_inputs if fused else ttt_step_inputs_ref  # fused: one launch
@@ -302,6 +322,12 @@ class TTTLayer(nn.Module):
         reference inner nets run whole mini-batches that start at the same phase 0 for every
         sequence in matrix form, and everything else token by token through the decode op.
         """
+        self._check_call(x, cache, 3)
+        return self.prefill_checked(x, cache, lengths, plan=plan)
+
+    def prefill_checked(self, x: torch.Tensor, cache: TTTLayerCache, lengths=None, *,
+                        plan: PrefillPlan | None = None) -> torch.Tensor:
+        """:meth:`prefill` for a caller that has checked ``x`` and ``cache``."""
         if plan is None:
             plan = prefill_plan(cache.positions, lengths, x.shape[1])
         else:

@@ -49,14 +49,18 @@ def extension(device: int | None = None):
     return _C
 
 
-def check_supported(q: torch.Tensor, K: int):
-    """The extension, once the call is one the CUDA kernels support beyond ``check_decode_args``
-    (head dim, mini-batch size, CUDA tensors)."""
-    f = q.shape[-1]
+def check_sizes(f: int, K: int) -> None:
+    """Head dim ``f`` and mini-batch ``K`` the CUDA kernels support (beyond ``check_kernel_sizes``)."""
     if f not in HEAD_DIMS:
         raise ValueError(f"the CUDA kernels support head dims {HEAD_DIMS}, got {f}")
     if K > MAX_MINI_BATCH:
         raise ValueError(f"the CUDA kernels support mini-batches of at most {MAX_MINI_BATCH} tokens, got {K}")
+
+
+def check_supported(q: torch.Tensor, K: int):
+    """The extension, once the call is one the CUDA kernels support beyond ``check_decode_args``
+    (head dim, mini-batch size, CUDA tensors)."""
+    check_sizes(q.shape[-1], K)
     ext = extension(q.device.index if q.is_cuda else None)  # the capability of q's GPU, not the current one's
     if not q.is_cuda:
         raise ValueError(f"the CUDA kernels need CUDA tensors, got {q.device}")

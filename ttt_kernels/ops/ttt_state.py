@@ -100,8 +100,72 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 ACT_DTYPES = FLOAT_DTYPES[:3]  # what the kernels take for activations: fp32, fp16, bf16
 
 
+def check_kernel_sizes(K: int, f: int, dot: bool) -> None:
+    """Sizes the fused kernels take: a power-of-two mini-batch ``K``; with ``dot`` (the dual
+    kernels' 16-row tensor-core products) also ``K >= 16`` and ``f > 8`` (a block of 16 or more)."""
+    if K < 1 or K & (K - 1):
+        raise ValueError(f"the mini-batch size K must be a power of two, got {K}")
+    if dot and (K < 16 or f <= 8):
+        raise ValueError("the dual-form kernels' tensor-core products need a mini-batch K >= 16 and a head "
+                         f"dim > 8, got K={K}, f={f}")
+
+
+def check_disjoint(named) -> None:
+    """No two of the ``(name, tensor)`` pairs share memory (contiguous tensors): an in-place update
+    of one would change what the kernel reads from another."""
+    spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), name) for name, t in named if t.numel())
+    end, last = 0, None
+    for start, stop, name in spans:
+        if start < end:
+            raise ValueError(" and ".join(sorted((name, last))) + " share memory")
+        if stop > end:
+            end, last = stop, name
+
+
+def _named_tensors(state) -> list[tuple[str, torch.Tensor]]:
+    named = [(f"state.weights[{i}]", w) for i, w in enumerate(state.weights)]
+    if isinstance(state, TTTPrimalState):
+        return named + [(f"state.grads[{i}]", g) for i, g in enumerate(state.grads)]
+    return named + [("state.k_cache", state.k_cache), ("state.v_cache", state.v_cache),
+                    ("state.lr_cache", state.lr_cache)]
+
+
+def check_state(inner_net: str, state_type: type, state, B: int, H: int, f: int, K: int, act_dtype: torch.dtype,
+                device: torch.device, float64_ok: bool = False) -> list[tuple[str, torch.Tensor]]:
+    """That ``state`` is a ``state_type`` for ``B`` sequences of ``H`` heads of dim ``f``, mini-batch
+    ``K`` and activations in ``act_dtype``, on ``device``: shapes, one state dtype (``float64_ok``:
+    float64 too, for the references), contiguous tensors that share no memory. Returns them named."""
+    if not isinstance(state, state_type):
+        raise TypeError(f"state must be a {state_type.__name__}, got {type(state).__name__}")
+    named = _named_tensors(state)
+    shapes = [(B, H, *s) for s in inner_net_shapes(inner_net, f)]
+    if isinstance(state, TTTPrimalState):
+        shapes += shapes
+    else:
+        shapes += [(B, H, K, f), (B, H, K, f), (B, H, K)]
+    n_weights = len(shapes) - (3 if isinstance(state, TTTDualState) else 0)
+    if len(named) != len(shapes):
+        have = len(state.weights) + len(getattr(state, "grads", ()))
+        raise ValueError(f"state holds {have} weight tensors, {inner_net} needs {n_weights}")
+    state_dtypes = STATE_DTYPES + ((torch.float64,) if float64_ok else ())
+    first, w0 = named[0]
+    if not isinstance(w0, torch.Tensor) or w0.dtype not in state_dtypes:
+        raise TypeError(f"{first}: the state dtype must be one of {[str(d) for d in state_dtypes]}, "
+                        f"got {getattr(w0, 'dtype', type(w0).__name__)}")
+    for i, ((name, t), shape) in enumerate(zip(named, shapes)):
+        if i < n_weights:
+            if isinstance(t, torch.Tensor) and t.dtype != w0.dtype:
+                raise TypeError(f"the state's weights must share one dtype: {first} is {w0.dtype}, {name} {t.dtype}")
+            dtypes = (w0.dtype,)
+        else:  # the dual state's k, v and lr caches
+            dtypes = (lr_cache_dtype(w0.dtype),) if name == "state.lr_cache" else (act_dtype,)
+        _check_tensor(name, t, shape, dtypes, device)
+    check_disjoint(named)
+    return named
+
+
 def check_decode_args(inner_net: str, state_type: type, q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias,
-                      state, out, check_positions: bool, float64_ok: bool = False):
+                      state, out, check_positions: bool):
     """Validate a decode step's arguments before anything is written.
 
     Returns ``(B, H, f, K, out)``, ``out`` being the given output buffer or a new one.
@@ -112,9 +176,10 @@ def check_decode_args(inner_net: str, state_type: type, q, k, v, lr, pos, ln_wei
     if not isinstance(q, torch.Tensor) or q.dim() != 3:
         raise ValueError(f"q must be a [B, H, f] tensor, got {getattr(q, 'shape', type(q).__name__)}")
     B, H, f = q.shape
-    act_dtypes = FLOAT_DTYPES if float64_ok else ACT_DTYPES
+    if B == 0:
+        raise ValueError("q holds no sequences (B = 0)")
     dev = q.device
-    _check_tensor("q", q, (B, H, f), act_dtypes, dev)
+    _check_tensor("q", q, (B, H, f), ACT_DTYPES, dev)
     _check_tensor("k", k, (B, H, f), (q.dtype,), dev)
     _check_tensor("v", v, (B, H, f), (q.dtype,), dev)
     _check_tensor("lr", lr, (B, H), FLOAT_DTYPES, dev)
@@ -124,37 +189,12 @@ def check_decode_args(inner_net: str, state_type: type, q, k, v, lr, pos, ln_wei
     if not isinstance(token_idx_bias, torch.Tensor) or token_idx_bias.dim() != 1:
         raise ValueError("token_idx_bias must be a 1-D tensor of length K (the mini-batch size)")
     K = token_idx_bias.shape[0]
-    if K < 1 or K & (K - 1):
-        raise ValueError(f"token_idx_bias: the mini-batch size K must be a power of two, got {K}")
+    try:
+        check_kernel_sizes(K, f, dot=False)
+    except ValueError as e:
+        raise ValueError(f"token_idx_bias: {e}") from None
     _check_tensor("token_idx_bias", token_idx_bias, (K,), FLOAT_DTYPES, dev)
-
-    if not isinstance(state, state_type):
-        raise TypeError(f"state must be a {state_type.__name__}, got {type(state).__name__}")
-    shapes = inner_net_shapes(inner_net, f)
-    state_dtypes = STATE_DTYPES + ((torch.float64,) if float64_ok else ())
-    if isinstance(state, TTTDualState):
-        names = [f"state.weights[{i}]" for i in range(len(state.weights))]
-        extra = [("state.k_cache", state.k_cache, (B, H, K, f), (q.dtype,)),
-                 ("state.v_cache", state.v_cache, (B, H, K, f), (q.dtype,)),
-                 ("state.lr_cache", state.lr_cache, (B, H, K), (torch.float32, torch.float64))]
-        tensors = state.weights
-    elif isinstance(state, TTTPrimalState):
-        names = [f"state.weights[{i}]" for i in range(len(state.weights))]
-        names += [f"state.grads[{i}]" for i in range(len(state.grads))]
-        tensors = state.weights + state.grads
-        shapes = shapes + shapes
-        extra = []
-    else:
-        raise TypeError(f"state must be a TTTDualState or TTTPrimalState, got {type(state).__name__}")
-    if len(tensors) != len(shapes):
-        raise ValueError(f"state holds {len(tensors)} weight tensors, {inner_net} needs {len(shapes)}")
-    sdtype = tensors[0].dtype
-    if sdtype not in state_dtypes:
-        raise TypeError(f"state dtype must be one of {[str(d) for d in state_dtypes]}, got {sdtype}")
-    for name, t, shp in zip(names, tensors, shapes):
-        _check_tensor(name, t, (B, H, *shp), (sdtype,), dev)
-    for name, t, shp, dts in extra:
-        _check_tensor(name, t, shp, dts, dev)
+    named = check_state(inner_net, state_type, state, B, H, f, K, q.dtype, dev)
 
     capturing = pos.is_cuda and torch.cuda.is_current_stream_capturing()
     if check_positions and not capturing:
@@ -163,14 +203,16 @@ def check_decode_args(inner_net: str, state_type: type, q, k, v, lr, pos, ln_wei
             raise ValueError(f"pos must be >= 0, got min {lo.item()}")
         if hi.item() >= 2**31 - 1:
             raise ValueError(f"pos must be < 2**31 - 1, got max {hi.item()}")
-    return B, H, f, K, check_out(out, q)
+    return B, H, f, K, check_out(out, q, named)
 
 
-def check_out(out, q: torch.Tensor) -> torch.Tensor:
-    """The output buffer: ``out`` if it matches ``q`` (shape, dtype, device, contiguous), else a new one."""
+def check_out(out, like: torch.Tensor, state=()) -> torch.Tensor:
+    """The output buffer: ``out`` if it matches ``like`` (shape, dtype, device, contiguous) and shares
+    no memory with the ``(name, tensor)`` pairs of ``state``, else a new one when ``out`` is None."""
     if out is None:
-        return torch.empty_like(q)
-    _check_tensor("out", out, q.shape, (q.dtype,), q.device)
+        return torch.empty_like(like)
+    _check_tensor("out", out, tuple(like.shape), (like.dtype,), like.device)
+    check_disjoint([*state, ("out", out)])
     return out
 
 
@@ -197,8 +239,7 @@ def check_prefill_args(inner_net: str, q, k, v, lr, pos, ln_weight, ln_bias, tok
     probe = q.new_empty((B, H, f))
     check_decode_args(inner_net, TTTDualState, probe, probe, probe, lr.new_empty((B, H)), pos, ln_weight, ln_bias,
                       token_idx_bias, state, probe, check_positions)
-    if token_idx_bias.shape[0] < 16:
-        raise ValueError(f"the prefill kernels need a mini-batch of >= 16 (tl.dot rows), got {token_idx_bias.shape[0]}")
+    check_kernel_sizes(token_idx_bias.shape[0], f, dot=True)
     if lengths is None:
         lengths = torch.full((B,), T, dtype=torch.int32, device=dev)
         new_out = torch.empty
@@ -213,6 +254,7 @@ def check_prefill_args(inner_net: str, q, k, v, lr, pos, ln_weight, ln_bias, tok
         out = new_out((B, T, H, f), dtype=q.dtype, device=dev)
     else:
         _check_tensor("out", out, (B, T, H, f), (q.dtype,), dev)
+        check_disjoint([*_named_tensors(state), ("out", out)])
     return B, T, H, f, token_idx_bias.shape[0], lengths, out
 
 

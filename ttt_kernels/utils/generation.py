@@ -97,16 +97,24 @@ class PrefillPlan:
         return phases.pop() if len(phases) == 1 else None
 
 
+def lengths_on_host(lengths, B: int, T: int, min_len: int = 1) -> list[int]:
+    """``lengths`` (a sequence or tensor of ``B`` integers in ``min_len..T``) read back to the host."""
+    t = torch.as_tensor(lengths)
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"lengths must be integers, got {t.dtype}")
+    host = t.reshape(-1).tolist()
+    if len(host) != B or not all(min_len <= n <= T for n in host):
+        raise ValueError(f"lengths must be {B} values in {min_len}..{T}, got {host}")
+    return host
+
+
 def prefill_plan(positions: torch.Tensor, lengths, T: int) -> PrefillPlan:
     """Checks ``lengths`` (None: all ``T``) and ``positions [B]`` for a prefill of ``T`` tokens
     and returns its :class:`PrefillPlan` (a host sync)."""
     B = positions.shape[0]
-    if lengths is None:
-        lengths_host = [T] * B
-    else:
-        lengths_host = [int(n) for n in torch.as_tensor(lengths).reshape(-1).tolist()]
-        if len(lengths_host) != B or not all(1 <= n <= T for n in lengths_host):
-            raise ValueError(f"lengths must be {B} values in 1..{T}, got {lengths_host}")
+    if B == 0:
+        raise ValueError("nothing to prefill: the batch is empty")
+    lengths_host = [T] * B if lengths is None else lengths_on_host(lengths, B, T)
     # the cache owns the positions: checked here, so decode steps need no host sync
     starts = positions.tolist()
     if min(starts) < 0 or max(starts) + T >= 2**31 - 1:
@@ -184,6 +192,10 @@ def generate(model, input_ids: torch.Tensor, max_length: int, cg: bool = True, l
     ``lengths [B]``: ragged prompts, right-padded to ``T`` (sequence ``b`` continues after
     its first ``lengths[b]`` tokens). ``cg=False`` decodes eagerly (also the fallback off CUDA).
     """
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be a [B, T] tensor, got {getattr(input_ids, 'shape', input_ids)}")
+    if not isinstance(max_length, int) or isinstance(max_length, bool):
+        raise TypeError(f"max_length must be an int, got {type(max_length).__name__}")
     B, T = input_ids.shape
     n_new = max_length - T
     if n_new < 1:

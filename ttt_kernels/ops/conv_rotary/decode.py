@@ -63,6 +63,21 @@ def _ttt_step_inputs_kernel(x_ptr, stride_x, v_ptr, stride_v, logit_ptr, stride_
     tl.store(lr_ptr + bh, lr_scale * tl.sigmoid(logit))
 
 
+def check_heads_and_rotary(D: int, num_heads: int, cos, sin, device) -> tuple[int, int]:
+    """``D`` channels as ``num_heads`` heads of an even dim ``f`` and the rotary tables ``cos, sin
+    [period, f/2]`` fp32 (``period >= 1``: positions are taken modulo it) -> ``(f, period)``."""
+    H = num_heads
+    if not isinstance(H, int) or H < 1 or D % H or (D // H) % 2:
+        raise ValueError(f"num_heads: D={D} must split into {H} heads of an even head dim")
+    f = D // H
+    period = cos.shape[0] if isinstance(cos, torch.Tensor) and cos.dim() == 2 else 0
+    if period < 1:
+        raise ValueError(f"cos must be a [period >= 1, {f // 2}] table, got {getattr(cos, 'shape', cos)}")
+    _check_tensor("cos", cos, (period, f // 2), (torch.float32,), device)
+    _check_tensor("sin", sin, (period, f // 2), (torch.float32,), device)
+    return f, period
+
+
 @on_input_device
 def ttt_step_inputs(xqk, v, lr_logit, conv_state, q_weight, q_bias, k_weight, k_bias, cos, sin, positions,
                     lr_bias, lr_scale: float, num_heads: int):
@@ -78,10 +93,8 @@ def ttt_step_inputs(xqk, v, lr_logit, conv_state, q_weight, q_bias, k_weight, k_
         raise ValueError(f"xqk must be a [B, D] tensor with unit column stride, got {getattr(xqk, 'shape', xqk)}")
     B, D = xqk.shape
     H = num_heads
-    if D % H or (D // H) % 2:
-        raise ValueError(f"D={D} must split into {H} heads of an even head dim")
-    f = D // H
     dev, KC = xqk.device, conv_state.shape[-1] if isinstance(conv_state, torch.Tensor) else 0
+    f, period = check_heads_and_rotary(D, H, cos, sin, dev)
     _check_tensor("xqk", xqk, (B, D), ACT_DTYPES, dev, contiguous=False)
     _check_tensor("v", v, (B, D), (xqk.dtype,), dev, contiguous=False)
     _check_tensor("lr_logit", lr_logit, (B, H), ACT_DTYPES, dev, contiguous=False)
@@ -89,12 +102,9 @@ def ttt_step_inputs(xqk, v, lr_logit, conv_state, q_weight, q_bias, k_weight, k_
         raise ValueError("v and lr_logit must have unit column stride")
     _check_tensor("conv_state", conv_state, (B, D, KC), (xqk.dtype,), dev)
     for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
-        _check_tensor(name, w, (D, KC), (w.dtype,) if isinstance(w, torch.Tensor) else (), dev)
+        _check_tensor(name, w, (D, KC), ACT_DTYPES, dev)
     for name, b in (("q_bias", q_bias), ("k_bias", k_bias)):
-        _check_tensor(name, b, (D,), (b.dtype,) if isinstance(b, torch.Tensor) else (), dev)
-    period = cos.shape[0] if isinstance(cos, torch.Tensor) else 0
-    _check_tensor("cos", cos, (period, f // 2), (torch.float32,), dev)
-    _check_tensor("sin", sin, (period, f // 2), (torch.float32,), dev)
+        _check_tensor(name, b, (D,), ACT_DTYPES, dev)
     _check_tensor("positions", positions, (B,), (torch.int32, torch.int64), dev)
     _check_tensor("lr_bias", lr_bias, (H,), ACT_DTYPES, dev)
     q = torch.empty(B, H, f, dtype=xqk.dtype, device=dev)

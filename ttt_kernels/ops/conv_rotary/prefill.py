@@ -18,6 +18,7 @@ import triton.language as tl
 
 from ..triton_utils import on_input_device
 from ..ttt_state import ACT_DTYPES, _check_tensor
+from .decode import check_heads_and_rotary
 
 
 @triton.jit
@@ -114,9 +115,8 @@ def _check(x, lengths, state, convs, x_name="x", state_name="state"):
     KC = state.shape[-1] if isinstance(state, torch.Tensor) else 0
     _check_tensor(state_name, state, (B, D, KC), (x.dtype,), x.device)
     for weight, bias, prefix in convs:
-        _check_tensor(prefix + "weight", weight, (D, KC), (weight.dtype,) if isinstance(weight, torch.Tensor) else (),
-                      x.device)
-        _check_tensor(prefix + "bias", bias, (D,), (bias.dtype,) if isinstance(bias, torch.Tensor) else (), x.device)
+        _check_tensor(prefix + "weight", weight, (D, KC), ACT_DTYPES, x.device)
+        _check_tensor(prefix + "bias", bias, (D,), ACT_DTYPES, x.device)
     _check_tensor("lengths", lengths, (B,), (torch.int32, torch.int64), x.device)
     if T * max(x.stride(1), D) >= 2**31:
         raise ValueError("one sequence of x spans 2**31 elements or more (the kernel's offsets)")
@@ -141,12 +141,7 @@ def qk_conv_rotary_prefill(xqk, conv_state, q_weight, q_bias, k_weight, k_bias, 
     _check(xqk, lengths, conv_state, [(q_weight, q_bias, "q_"), (k_weight, k_bias, "k_")], "xqk", "conv_state")
     B, T, D = xqk.shape
     H = num_heads
-    if D % H or (D // H) % 2:
-        raise ValueError(f"D={D} must split into {H} heads of an even head dim")
-    f = D // H
-    period = cos.shape[0] if isinstance(cos, torch.Tensor) else 0
-    _check_tensor("cos", cos, (period, f // 2), (torch.float32,), xqk.device)
-    _check_tensor("sin", sin, (period, f // 2), (torch.float32,), xqk.device)
+    f, _ = check_heads_and_rotary(D, H, cos, sin, xqk.device)
     _check_tensor("positions", positions, (B,), (torch.int32, torch.int64), xqk.device)
     out = []
     for w, b, write_state in ((q_weight, q_bias, False), (k_weight, k_bias, True)):

@@ -123,8 +123,8 @@ def gated_layer_norm(z, gate, weight, bias, eps):
 def silu_mul(gate_up):
     """``silu(gate) * up`` in ``gate_up``'s dtype, one launch, fp32 inside: the SwiGLU gate,
     ``gate_up [..., 2 n]`` holding ``gate`` then ``up`` (one GEMM's output)."""
-    two_n = gate_up.shape[-1] if isinstance(gate_up, torch.Tensor) else 0
-    if two_n % 2:
+    two_n = gate_up.shape[-1] if isinstance(gate_up, torch.Tensor) and gate_up.dim() else 0
+    if two_n % 2 or not two_n:
         raise ValueError(f"gate_up must have an even last dim (gate then up), got {two_n}")
     if two_n // 2 > MAX_ROW_DIM:
         raise ValueError(f"gate_up: n = {two_n // 2} exceeds {MAX_ROW_DIM}")

@@ -14,7 +14,7 @@ import triton.language as tl
 
 from ..triton_utils import (as_row0, dot_config, dual_row, layer_norm_rows, ln_l2_grad_rows, load_minibatch_rows,
                             load_token, on_input_device, store_cache_row)
-from ..ttt_state import TTTDualState, check_decode_args
+from ..ttt_state import TTTDualState, check_decode_args, check_kernel_sizes
 
 
 @triton.jit
@@ -81,6 +81,7 @@ def ttt_linear_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias,
     """
     B, H, f, K, out = check_decode_args("mlp_1", TTTDualState, q, k, v, lr, pos, ln_weight, ln_bias,
                                         token_idx_bias, state, out, check_positions)
+    check_kernel_sizes(K, f, dot=True)
     W, b = state.weights
     BF = triton.next_power_of_2(f)
     dot_dtype, dot_prec = dot_config(W.dtype)

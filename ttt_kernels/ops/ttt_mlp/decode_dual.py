@@ -23,7 +23,7 @@ import triton.language as tl
 
 from ..triton_utils import (as_row0, dot_config, dual_row, fast_tanh, gelu_tanh, gelu_tanh_and_grad, layer_norm_rows,
                             ln_l2_grad_rows, load_minibatch_rows, load_token, on_input_device, store_cache_row)
-from ..ttt_state import TTTDualState, check_decode_args
+from ..ttt_state import TTTDualState, check_decode_args, check_kernel_sizes
 
 
 @triton.jit
@@ -129,6 +129,7 @@ def ttt_mlp_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, st
     """
     B, H, f, K, out = check_decode_args("mlp_2", TTTDualState, q, k, v, lr, pos, ln_weight, ln_bias,
                                         token_idx_bias, state, out, check_positions)
+    check_kernel_sizes(K, f, dot=True)
     W1, b1, W2, b2 = state.weights
     BF = triton.next_power_of_2(f)
     FH = 4 * f
