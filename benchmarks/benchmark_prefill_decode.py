@@ -42,7 +42,9 @@ per run with its max stable batch and out-of-memory batches marked, into
 PyTorch profiler trace per batch into ``--logdir`` (``.json``: open in
 https://ui.perfetto.dev, summarise with ``benchmarks/trace_summary.py``) and flame
 stacks (``.stacks``, for flamegraph.pl). ``--device cpu`` runs the same code path as a
-functional check (Triton in its interpreter): its figures are not performance figures.
+functional check (Triton in its interpreter): its figures are not performance figures, and
+its traces of Triton inner nets come without Python stacks (the interpreter's calls would
+fill the memory).
 """
 
 from __future__ import annotations
@@ -172,8 +174,9 @@ def timed(fn, device) -> float:
     return time.perf_counter() - t0
 
 
-def profile_to(path_stem: Path, fn, device):
-    """Run ``fn`` under the profiler: ``<stem>.json`` (Chrome/Perfetto trace), ``<stem>.stacks``."""
+def profile_to(path_stem: Path, fn, device, stacks: bool = True):
+    """Run ``fn`` under the profiler: ``<stem>.json`` (Chrome/Perfetto trace) and, with ``stacks``
+    (Python stacks recorded), ``<stem>.stacks``."""
     import torch
     from torch.profiler import ProfilerActivity, profile
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -182,13 +185,21 @@ def profile_to(path_stem: Path, fn, device):
         kw["experimental_config"] = torch._C._profiler._ExperimentalConfig(verbose=True)
     except AttributeError:
         pass
-    with profile(activities=acts, with_stack=True, **kw) as prof:
+    with profile(activities=acts, with_stack=stacks, **kw) as prof:
         fn()
         synchronize(device)
     prof.export_chrome_trace(str(path_stem) + ".json")
-    metric = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    prof.export_stacks(str(path_stem) + ".stacks", metric)
+    if stacks:
+        metric = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        prof.export_stacks(str(path_stem) + ".stacks", metric)
     return str(path_stem) + ".json"
+
+
+def interpreted_kernels(model, device) -> bool:
+    """Whether ``model``'s steps run Triton kernels in the interpreter (on the CPU): its Python
+    calls, one per program and op, are too many to record as stacks (one step of ttt-tiny
+    filled 8 GB), so such a trace is written without them."""
+    return device.type != "cuda" and any(blk.fused for blk in model.layers)
 
 
 def time_prefill(model, prompt, cache, repeats: int, device) -> float:
@@ -222,7 +233,8 @@ def run_one(model, args, batch, promptlen, label, device, state_dtype, logdir: P
         row.update(total_tok_s=row["prefill_tok_s"], per_stream_tok_s=promptlen / secs)
         if args.profile:
             cache.reset()
-            row["trace"] = profile_to(trace_stem, lambda: model.prefill(prompt, cache), device)
+            row["trace"] = profile_to(trace_stem, lambda: model.prefill(prompt, cache), device,
+                                      stacks=not interpreted_kernels(model, device))
         return row
 
     cg = not args.no_cg and device.type == "cuda"
@@ -242,7 +254,8 @@ def run_one(model, args, batch, promptlen, label, device, state_dtype, logdir: P
         if bandwidth:
             row["roofline_pct"] = 100 * (nbytes / bandwidth) / (secs / args.genlen)
     if args.profile:
-        row["trace"] = profile_to(trace_stem, lambda: decode(args.profile_steps), device)
+        row["trace"] = profile_to(trace_stem, lambda: decode(args.profile_steps), device,
+                                  stacks=not interpreted_kernels(model, device))
     return row
 
 

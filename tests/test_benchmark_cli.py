@@ -35,6 +35,16 @@ def test_decode_benchmark_cpu_smoke(tmp_path):
     assert "CPU time in trace" in s.stdout
 
 
+def test_profile_of_interpreted_kernels_has_no_stacks(tmp_path):
+    """Triton's interpreter makes a Python call per program and op: recording them as stacks
+    filled 8 GB for one step of ttt-tiny, so such a trace comes without them."""
+    r = run("benchmark_prefill_decode.py", "--device", "cpu", "--model-name", "ttt-tiny", "--mode", "decode",
+            "--batch", "1", "--genlen", "2", "--repeats", "1", "--inner_net", "mlp_1_dual_triton", "--logdir",
+            tmp_path, "--profile", "--profile_steps", "1")
+    assert r.returncode == 0, r.stderr
+    assert list(tmp_path.glob("trace_*.json")) and not list(tmp_path.glob("trace_*.stacks"))
+
+
 def test_prefill_benchmark_and_parity_cpu_smoke(tmp_path):
     # a sweep over batch and prompt length: a row each, the max stable batch per prompt length
     r = run("benchmark_prefill_decode.py", "--device", "cpu", "--model-name", "ttt-tiny", "--mode", "prefill",
