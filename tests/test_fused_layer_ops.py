@@ -217,6 +217,12 @@ def test_ttt_step_inputs_errors(device):
     with pytest.raises(ValueError, match="num_heads"):
         ttt_step_inputs(x, x, logit, st, w, b, w, b, cos, sin, pos, lr_bias, 0.1, 0)
     assert torch.equal(st, before[0]) and torch.equal(pos, before[1]), "a rejected call wrote the state"
+    # a negative position (written by hand: nothing here checks it) reads the table's row pos mod period
+    x = randn(B, D, dtype=torch.float32, device=device, seed=3)
+    outs = [ttt_step_inputs(x, x, logit, st.clone(), w + 0.5, b, w - 0.5, b, cos, sin, p, lr_bias, 0.1, H)
+            for p in (torch.tensor([-3, 5], device=device), torch.tensor([13, 5], device=device))]
+    for a, b_ in zip(*outs):
+        assert torch.equal(a, b_)
 
 
 @pytest.mark.parametrize("dtype", ACT)
@@ -272,3 +278,9 @@ def test_conv_prefill_errors(device):
     with pytest.raises(TypeError, match="weight"):
         causal_conv1d_prefill(x, st, w.long(), b, n)
     assert not st.any(), "a rejected call wrote the state"
+    # a negative start position (unchecked here) reads the table's row pos mod period, as the decode step
+    x = randn(B, T, D, dtype=torch.float32, device=device, seed=4)
+    outs = [qk_conv_rotary_prefill(x, st.clone(), w + 0.5, b, w - 0.5, b, cos, sin, p, n, 2)
+            for p in (torch.tensor([-3, 5], device=device), torch.tensor([13, 5], device=device))]
+    for a, b_ in zip(*outs):
+        assert torch.equal(a, b_)

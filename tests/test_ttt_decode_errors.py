@@ -1,6 +1,7 @@
 """Rejected decode calls raise a clear error naming the argument, before anything is
 written: the state stays bit-identical. Same checks for every TTT kernel."""
 
+import copy
 import re
 
 import pytest
@@ -39,14 +40,15 @@ CASES = {
 DUAL_ONLY = ("lr_cache_dtype", "dual_minibatch_8")
 
 
-def make_call(inner_net, form, B=2, H=2, f=64):
+def make_call(inner_net, form, B=2, H=2, f=64, device="cpu"):
     gen = torch.Generator().manual_seed(30)
-    params, ln_w, ln_b, tib = random_layer(inner_net, H, f, K, gen=gen)
+    params, ln_w, ln_b, tib = (x.to(device) if isinstance(x, torch.Tensor) else [p.to(device) for p in x]
+                               for x in random_layer(inner_net, H, f, K, gen=gen))  # drawn on the CPU
     state = (random_dual_state(params, B, K, F16, F16, gen=gen) if form == "dual"
              else random_primal_state(params, B, F16, gen=gen))
-    q, k, v, lr = random_token(B, H, f, F16, gen=gen)
-    return dict(q=q, k=k, v=v, lr=lr, pos=torch.tensor([3, 20]), ln_weight=ln_w.float(), ln_bias=ln_b.float(),
-                token_idx_bias=tib.float(), state=state, out=None), params
+    q, k, v, lr = random_token(B, H, f, F16, device=device, gen=gen)
+    return dict(q=q, k=k, v=v, lr=lr, pos=torch.tensor([3, 20], device=device), ln_weight=ln_w.float(),
+                ln_bias=ln_b.float(), token_idx_bias=tib.float(), state=state, out=None), params
 
 
 def break_call(case, a, params, form):
@@ -110,3 +112,18 @@ def test_rejected_call_leaves_state_untouched(inner_net, form, case):
         KERNELS[inner_net, form](**a)
     for x, x0 in zip(a["state"].tensors(), before):
         assert torch.equal(x, x0)
+
+
+@pytest.mark.parametrize("inner_net,form", list(KERNELS), ids=lambda x: str(x))
+def test_unchecked_negative_position_stays_inside_the_state(inner_net, form, device):
+    """``check_positions=False`` trusts the caller; a negative position (only a hand-written one
+    can be) is still taken modulo K, as the references and the CUDA kernels take it, so the
+    call is the one at ``pos + K`` and writes nowhere else (Triton's ``%`` keeps the sign:
+    ``-5 % 16`` indexed row -5)."""
+    a, _ = make_call(inner_net, form, device=device)
+    b = {**a, "state": copy.deepcopy(a["state"]), "pos": torch.tensor([K - 5, 3], device=device)}
+    out_a = KERNELS[inner_net, form](**{**a, "pos": torch.tensor([-5, 3], device=device)}, check_positions=False)
+    out_b = KERNELS[inner_net, form](**b)
+    assert torch.equal(out_a, out_b)
+    for x, y in zip(a["state"].tensors(), b["state"].tensors(), strict=True):
+        assert torch.equal(x, y)

@@ -145,7 +145,9 @@ def load_token(q_ptr, k_ptr, v_ptr, lr_ptr, pos_ptr, ln_w_ptr, ln_b_ptr, tib_ptr
     index ``t`` in its mini-batch, ``eta_t = max(0, 1/(t+1) + token_idx_bias[t])``,
     ``q, k, v``, ``lr`` and the TTT norm's ``gamma, beta`` (zero in padded columns)."""
     h = bh % H
-    t = (tl.load(pos_ptr + bh // H) % K).to(tl.int32)
+    # K is a power of two: t is in 0..K-1 whatever pos holds (a negative position, which only a
+    # caller writing the positions by hand can make, never indexes outside the cache)
+    t = (tl.load(pos_ptr + bh // H) & (K - 1)).to(tl.int32)
     eta = tl.maximum(1.0 / (t + 1).to(tl.float32) + tl.load(tib_ptr + t).to(tl.float32), 0.0)
     q = tl.load(q_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
     k = tl.load(k_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
@@ -231,7 +233,7 @@ def prefill_program(pos_ptr, len_ptr, tib_ptr, ln_w_ptr, ln_b_ptr, cols, cm, H: 
     bh = tl.program_id(0).to(tl.int64)
     b, h = bh // H, bh % H
     rows = tl.arange(0, K)
-    t0 = (tl.load(pos_ptr + b) % K).to(tl.int32)
+    t0 = (tl.load(pos_ptr + b) & (K - 1)).to(tl.int32)  # in 0..K-1, as load_token's t
     n = tl.load(len_ptr + b).to(tl.int32)
     eta = tl.maximum(1.0 / (rows + 1).to(tl.float32) + tl.load(tib_ptr + rows).to(tl.float32), 0.0)
     eta_last = tl.maximum(1.0 / K + tl.load(tib_ptr + K - 1).to(tl.float32), 0.0)

@@ -51,6 +51,7 @@ def _ttt_step_inputs_kernel(x_ptr, stride_x, v_ptr, stride_v, logit_ptr, stride_
     x1 = tl.load(x_ptr + b * stride_x + d1, mask=jm, other=0.0)
     x2 = tl.load(x_ptr + b * stride_x + d2, mask=jm, other=0.0)
     p = tl.load(pos_ptr + b) % PERIOD
+    p = tl.where(p < 0, p + PERIOD, p)  # the table's row for a negative position too (% keeps the sign)
     c = tl.load(cos_ptr + p * HALF + j, mask=jm, other=0.0)
     s = tl.load(sin_ptr + p * HALF + j, mask=jm, other=0.0)
     win1 = conv_state_shift(x1, cs_ptr + b * dim * KC, d1, jm, KC, KP)

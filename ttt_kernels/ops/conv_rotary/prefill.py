@@ -59,6 +59,7 @@ def _conv_prefill_kernel(x_ptr, stride_xb, stride_xt, cs_ptr, w_ptr, bias_ptr, l
     y2 = y2.to(out_ptr.dtype.element_ty).to(tl.float32)
     if ROTARY:
         p = (tl.load(pos_ptr + b) + t) % PERIOD
+        p = tl.where(p < 0, p + PERIOD, p)  # as the decode kernel's
         cm = tm[:, None] & (j < HALF)[None, :]
         c = tl.load(cos_ptr + p[:, None] * HALF + j[None, :], mask=cm, other=0.0)
         s = tl.load(sin_ptr + p[:, None] * HALF + j[None, :], mask=cm, other=0.0)
