@@ -24,6 +24,7 @@ CASES = {
     "v_dtype": (TypeError, "v must have dtype"),
     "pos_dtype": (TypeError, "pos must have dtype"),
     "negative_pos": (ValueError, "pos must be >= 0"),
+    "pos_too_large": (ValueError, "pos must be < 2**31 - 1"),
     "ln_weight_device": (ValueError, "ln_weight must be on"),
     "wrong_state_kind": (TypeError, "state must be a"),
     "state_heads": (ValueError, "state.weights[0] must have shape"),
@@ -64,6 +65,8 @@ def break_call(case, a, params, form):
         a["pos"] = a["pos"].float()
     elif case == "negative_pos":
         a["pos"] = torch.tensor([3, -1])
+    elif case == "pos_too_large":  # the kernels' 32-bit position arithmetic
+        a["pos"] = torch.tensor([3, 2**31 - 1])
     elif case == "ln_weight_device":
         a["ln_weight"] = a["ln_weight"].to("meta")
     elif case == "wrong_state_kind":  # right shapes, the other form's state
@@ -112,6 +115,15 @@ def test_rejected_call_leaves_state_untouched(inner_net, form, case):
         KERNELS[inner_net, form](**a)
     for x, x0 in zip(a["state"].tensors(), before):
         assert torch.equal(x, x0)
+
+
+@pytest.mark.parametrize("inner_net", ["mlp_1", "mlp_2"])
+def test_dual_kernels_reject_head_dims_below_their_tiles(inner_net):
+    a, _ = make_call(inner_net, "dual", f=8)  # tl.dot needs 16-wide blocks; the primal kernels take f = 8
+    before = [x.clone() for x in a["state"].tensors()]
+    with pytest.raises(ValueError, match="head dim > 8"):
+        KERNELS[inner_net, "dual"](**a)
+    assert all(torch.equal(x, x0) for x, x0 in zip(a["state"].tensors(), before))
 
 
 @pytest.mark.parametrize("inner_net,form", list(KERNELS), ids=lambda x: str(x))
