@@ -11,6 +11,7 @@ from ttt_kernels.ops.conv_rotary import (apply_rotary_ref, causal_conv1d_prefill
                                          qk_conv_rotary_prefill_ref, ttt_step_inputs, ttt_step_inputs_ref)
 from ttt_kernels.ops.norm import (add_rms_norm, add_rms_norm_ref, gated_layer_norm, gated_layer_norm_ref, silu_mul,
                                   silu_mul_ref)
+from ttt_kernels.ops.utils import gelu_tanh
 
 ACT = [torch.float32, torch.float16, torch.bfloat16]
 # Triton's interpreter (3.9) truncates fp32 -> bf16 where the GPU rounds to nearest; the q/k step
@@ -146,6 +147,27 @@ def test_pre_conv_step(dtype, with_residual, device, poison_alloc):
         assert_close(y, y_ref, TOL[dtype], f"normed, step {step}")
         assert_close(state, state_ref, TOL[dtype], f"conv state, step {step}")
         residual = r if with_residual else None
+
+
+def test_pre_conv_step_keeps_the_residual_in_fp32(device):
+    """fp16 rows into an fp32 residual that fp16 cannot hold (1 + 1e-5 k): with the conv's weight and
+    bias zero the new residual is exactly residual + hidden, in fp32."""
+    B, D, KC = 2, 96, 4
+    hidden = randn(B, D, dtype=torch.float16, device=device, seed=0)
+    residual = 1 + 1e-5 * torch.arange(B * D, dtype=torch.float32, device=device).view(B, D)
+    ones, zeros = torch.ones(D, dtype=torch.float16, device=device), torch.zeros(D, dtype=torch.float16, device=device)
+    state = torch.zeros(B, D, KC, dtype=torch.float16, device=device)
+    _, r = pre_conv_step(hidden, residual, state, ones, torch.zeros(D, KC, dtype=torch.float16, device=device), zeros,
+                         ones, 1e-6)
+    assert torch.equal(r, residual + hidden.float())
+
+
+def test_gated_layer_norm_of_a_constant_row(device):
+    # zero variance: the eps keeps LayerNorm(z) = bias (without it, 0 / 0)
+    z = torch.full((2, 64), 3.0, device=device)
+    gate, w, b = (randn(2, 64, dtype=torch.float32, device=device, seed=i) for i in range(3))
+    y = gated_layer_norm(z, gate, w[0], b[0], 1e-6)
+    torch.testing.assert_close(y, gelu_tanh(gate) * b[0])
 
 
 def test_pre_conv_step_errors(device):

@@ -165,13 +165,43 @@ def test_vocab_padding_and_seeded_init(device):
     model = MambaLM.from_name("mamba-tiny", vocab_size=509, device=device)
     assert model.embed_tokens.weight.shape == (512, 128)  # padded to a multiple of 8
     cache = model.allocate_inference_cache(2)
-    assert model.prefill(random_ids((2, 3), 0, device) % 509, cache).shape == (2, 509)
+    ids = random_ids((2, 3), 0, device) % 509
+    assert model.prefill(ids, cache).shape == (2, 509)
     assert model.step(torch.tensor([0, 508], device=device), cache).shape == (2, 509)
+    # the logits are the first 509 of the padded LM head's: the same weights unpadded give them too
+    full = MambaLM.from_name("mamba-tiny", vocab_size=512, device=device)
+    assert torch.equal(full.prefill(ids, full.allocate_inference_cache(2))[:, :509],
+                       model.prefill(ids, model.allocate_inference_cache(2)))
     a, b = MambaLM.from_name("mamba-tiny"), MambaLM.from_name("mamba-tiny")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(a.layers[0].mixer.in_proj.weight, a.layers[1].mixer.in_proj.weight)
     c = MambaLM.from_name("mamba-tiny", seed=1)
     assert not torch.equal(a.embed_tokens.weight, c.embed_tokens.weight)
+
+
+@torch.no_grad()
+def slow_mixer_forward(m, h):
+    """mamba-ssm's slow path from zero states, written out: the nn.Conv1d module (padding
+    d_conv - 1, cut to T), x_proj, softplus(dt_proj), the scan token by token, the D skip and
+    the SiLU(z) gate. Shares no code with the package's reference scan."""
+    T = h.shape[1]
+    x, z = torch.nn.functional.linear(h, m.in_proj.weight).chunk(2, dim=-1)
+    x = torch.nn.functional.silu(m.conv1d(x.transpose(1, 2))[..., :T]).transpose(1, 2)
+    dt, Bm, Cm = torch.nn.functional.linear(x, m.x_proj.weight).split([m.dt_rank, m.d_state, m.d_state], dim=-1)
+    dt = torch.nn.functional.softplus(torch.nn.functional.linear(dt, m.dt_proj.weight, m.dt_proj.bias))
+    A = -torch.exp(m.A_log)
+    s = x.new_zeros(x.shape[0], m.d_inner, m.d_state)
+    ys = []
+    for t in range(T):
+        s = torch.exp(dt[:, t, :, None] * A) * s + (dt[:, t] * x[:, t])[..., None] * Bm[:, t, None, :]
+        ys.append((s * Cm[:, t, None, :]).sum(-1) + m.D * x[:, t])
+    return torch.nn.functional.linear(torch.stack(ys, 1) * torch.nn.functional.silu(z), m.out_proj.weight)
+
+
+def test_mixer_prefill_equals_the_slow_path(device):
+    m = tiny_model(device).layers[0].mixer
+    h = torch.randn(2, 7, m.d_model, generator=torch.Generator().manual_seed(5)).to(device)
+    assert rel_err(m.prefill(h, m.allocate_inference_cache(2)), slow_mixer_forward(m, h)) < REF_TOL
 
 
 def test_save_load_round_trip(tmp_path, device):

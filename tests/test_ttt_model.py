@@ -206,6 +206,55 @@ def test_ragged_and_chunked_prefill(device):
     assert_caches_close(two, one)
 
 
+def test_prefill_from_mixed_phases(device):
+    """A second prefill from positions at different places in their mini-batches (16 and 5) equals
+    stepping the tokens one by one (the reference path may take whole mini-batches only where
+    every sequence starts one)."""
+    model = tiny_model("mlp_2_dual", device=device)
+    g = torch.Generator().manual_seed(4)
+    first, second = (torch.randint(0, 512, (2, 16), generator=g).to(device) for _ in range(2))
+    caches = [model.allocate_inference_cache(2) for _ in range(2)]
+    for c in caches:
+        model.prefill(first, c, [16, 5])
+    logits = model.prefill(second, caches[0])
+    for i in range(16):
+        stepped = model.step(second[:, i], caches[1])
+    assert rel_err(logits, stepped) < 1e-5
+    assert_caches_close(caches[0], caches[1])
+
+
+def test_layer_constants_against_their_definitions(device):
+    """What the fused and the reference paths share, so that comparing them cannot check it: the
+    learning-rate scale base_lr / f, and the rotary tables (position mod K, frequencies
+    theta^(-2i/f)), through a step at position p against p + K from the same state."""
+    model = tiny_model("mlp_2_dual", device=device)
+    layer, c = model.layers[0].mixer, model.config
+    f, K = c.head_dim, c.mini_batch_size
+    assert layer.lr_scale == c.ttt_base_lr / f
+    angles = torch.arange(K, dtype=torch.float64)[:, None] * c.rope_theta ** (-torch.arange(0, f, 2) / f)[None, :]
+    torch.testing.assert_close(layer.rotary.cos.double().cpu(), angles.cos(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(layer.rotary.sin.double().cpu(), angles.sin(), rtol=0, atol=1e-6)
+    ids = torch.tensor([5, 9], device=device)
+    logits = []
+    for p in (3, 3 + K):
+        cache = model.allocate_inference_cache(2)
+        cache.positions.fill_(p)
+        logits.append(model.step(ids, cache))
+    assert torch.equal(logits[0], logits[1])
+
+
+def test_decode_bytes_per_step_counts_what_a_step_moves():
+    """Per layer and sequence: the inner net's weights read once (state dtype) plus q, k, v, out,
+    and the weights written once per mini-batch of K; once per step: the model's weights."""
+    model = TTTLM.from_name("ttt-tiny", inner_net="mlp_2_dual")
+    c, B = model.config, 3
+    f, H, K, L = c.head_dim, c.num_attention_heads, c.mini_batch_size, c.num_hidden_layers
+    per_head = f * 4 * f + 4 * f + 4 * f * f + f  # W1, b1, W2, b2
+    state = B * H * per_head * 2  # fp16 state
+    expected = L * (state + state / K + B * H * 4 * f * 4) + model.decode_weight_bytes()  # fp32 activations
+    assert model.decode_bytes_per_step(B, torch.float16) == int(expected)
+
+
 def test_model_prefill_plans_once(monkeypatch, device):
     """The model checks positions and lengths once (``prefill_plan``, a host sync) and hands the
     plan to its layers, which plan nothing themselves; a layer given both a plan and lengths refuses."""
