@@ -243,6 +243,18 @@ def test_layer_constants_against_their_definitions(device):
     assert torch.equal(logits[0], logits[1])
 
 
+@pytest.mark.parametrize("family", ["ttt", "mamba"])
+def test_reference_step_compiles_to_one_graph(family):
+    """The per-step cache checks trace under torch.compile (no graph break before the first layer):
+    a reference-path step is one graph."""
+    import torch._dynamo
+    model = (tiny_model("mlp_2_dual") if family == "ttt" else
+             MambaLM.from_name("mamba-tiny", use_triton=False))
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model.step)(torch.tensor([1, 2]), model.allocate_inference_cache(2))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
 def test_decode_bytes_per_step_counts_what_a_step_moves():
     """Per layer and sequence: the inner net's weights read once (state dtype) plus q, k, v, out,
     and the weights written once per mini-batch of K; once per step: the model's weights."""

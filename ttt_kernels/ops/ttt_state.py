@@ -112,7 +112,10 @@ def check_kernel_sizes(K: int, f: int, dot: bool) -> None:
 
 def check_disjoint(named) -> None:
     """No two of the ``(name, tensor)`` pairs share memory (contiguous tensors): an in-place update
-    of one would change what the kernel reads from another."""
+    of one would change what the kernel reads from another. Skipped while torch.compile traces (it
+    cannot trace ``data_ptr``; the fused ops, never traced, check again when they run)."""
+    if torch.compiler.is_compiling():
+        return
     spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), name) for name, t in named if t.numel())
     end, last = 0, None
     for start, stop, name in spans:
