@@ -278,6 +278,14 @@ def test_bad_input_is_rejected_and_leaves_the_cache_alone(device):
         for t, t0 in zip(cache.tensors(), before, strict=True):
             assert torch.equal(t, t0)
     assert all(not t.any() for t in other_width.tensors())
+    # the reference step takes float64 states with float64 activations only: rejected before layer 0 steps
+    ref = tiny_model(device, use_triton=False)
+    wide = ref.allocate_inference_cache(2, state_dtype=torch.float64)
+    with pytest.raises(TypeError, match="cache layer 0: ssm_state must have dtype"):
+        ref.step(ids, wide)
+    assert all(not t.any() for t in wide.tensors())
+    ref64 = tiny_model(device, dtype=torch.float64, use_triton=False)
+    ref64.step(ids, ref64.allocate_inference_cache(2, state_dtype=torch.float64))
 
 
 # ------------------------------------------------------------------ GPU

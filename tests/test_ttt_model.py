@@ -358,6 +358,8 @@ def test_bad_input_is_rejected_and_leaves_the_cache_alone(device):
          lambda: model.prefill(ids[:0, None], model.allocate_inference_cache(0))),
         (ValueError, "input_ids must be a", lambda: generate(model, ids, 5, cg=False)),
         (TypeError, "max_length must be an int", lambda: generate(model, ids[:, None], 5.0, cg=False)),
+        (ValueError, "cache layer 0: its positions are not the cache's",
+         lambda: model.step(ids, InferenceCache(cache.layers, cache.positions.clone()))),
     ]
     for exc, match, call in bad_calls:
         with pytest.raises(exc, match=match):
@@ -392,6 +394,21 @@ def test_layer_checks_its_input_and_cache_before_writing(device):
             call()
         for t, t0 in zip(cache.tensors(), before, strict=True):
             assert torch.equal(t, t0), match
+    # a caller's int32 positions (the ops take them) are fine
+    own = layer.allocate_inference_cache(2, F32, F32, positions=torch.zeros(2, dtype=torch.int32, device=device))
+    layer.step(x, own)
+
+
+def test_prompt_longer_than_the_fused_prefill_takes_is_rejected_before_any_layer_runs():
+    # the kernels address the in-projection's rows (3 D + H wide) with 32-bit offsets
+    model = TTTLM.from_name("ttt-tiny", inner_net="mlp_2_dual_triton")
+    c = model.config
+    limit = (2**31 - 1) // (3 * c.hidden_size + c.num_attention_heads)
+    cache = model.allocate_inference_cache(1)
+    before = [t.clone() for t in cache.tensors()]
+    with pytest.raises(ValueError, match=f"longer than the fused prefill takes at once \\({limit}\\)"):
+        model.prefill(torch.zeros(1, limit + 1, dtype=torch.long), cache)
+    assert all(torch.equal(t, t0) for t, t0 in zip(cache.tensors(), before, strict=True))
 
 
 @pytest.mark.parametrize("inner_net,K", [("mlp_2_dual_triton", 12), ("mlp_1_dual_triton", 8),

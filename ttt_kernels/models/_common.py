@@ -89,13 +89,16 @@ class RecurrentLM(nn.Module):
                              "allocate it with this model's allocate_inference_cache")
         for i, (blk, c) in enumerate(zip(self.layers, cache.layers)):
             try:
-                self._check_layer_cache(blk, c, cache.batch_size)
+                self._check_layer_cache(blk, c, cache)
             except (TypeError, ValueError) as e:
                 raise _with_context(e, f"cache layer {i}") from None
 
-    def _check_layer_cache(self, blk, c, batch: int) -> None:
-        """One block's state (the subclass knows its layout)."""
+    def _check_layer_cache(self, blk, c, cache) -> None:
+        """One block's state ``c`` in ``cache`` (the subclass knows its layout)."""
         raise NotImplementedError
+
+    def _check_prompt_length(self, T: int) -> None:
+        """A prompt of ``T`` tokens, before any layer runs (a subclass may limit it)."""
 
     @staticmethod
     def _check_ids(input_ids, dims: int) -> None:
@@ -135,6 +138,7 @@ class RecurrentLM(nn.Module):
         B, T = input_ids.shape
         if B != cache.batch_size or T < 1:
             raise ValueError(f"input_ids must be [{cache.batch_size}, T >= 1], got {tuple(input_ids.shape)}")
+        self._check_prompt_length(T)
         # checks lengths and positions: the prefill's one host sync (the layers take the plan)
         plan = prefill_plan(cache.positions, lengths, T)
         hidden, residual = F.embedding(input_ids, self.embed_tokens.weight), None

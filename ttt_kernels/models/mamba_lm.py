@@ -79,8 +79,8 @@ class MambaLM(RecurrentLM):
         layers = [blk.mixer.allocate_inference_cache(batch, state_dtype=state_dtype) for blk in self.layers]
         return InferenceCache(layers, positions)
 
-    def _check_layer_cache(self, blk: MambaBlock, c, batch: int) -> None:
-        blk.mixer.check_cache(c, batch)
+    def _check_layer_cache(self, blk: MambaBlock, c, cache: InferenceCache) -> None:
+        blk.mixer.check_cache(c, cache.batch_size)
 
     def decode_bytes_per_step(self, batch: int, state_dtype=None) -> int:
         """Per step: each layer's states read and written plus x, z, y and x_proj's output

@@ -124,13 +124,18 @@ class TTTLM(RecurrentLM):
                 for p in (m.ttt_norm_bias, m.token_idx_bias, m.lr_bias):
                     p.zero_()
 
-    def _check_layer_cache(self, blk: TTTBlock, c, batch: int) -> None:
+    def _check_layer_cache(self, blk: TTTBlock, c, cache: InferenceCache) -> None:
         if not isinstance(c, TTTBlockCache):
             raise TypeError(f"a {type(c).__name__}, not a TTT block's cache")
-        w = blk.pre_conv.weight
-        _check_tensor("pre_conv", c.pre_conv, (batch, blk.pre_conv.in_channels, blk.pre_conv.kernel_size[0]),
+        B, w = cache.batch_size, blk.pre_conv.weight
+        _check_tensor("pre_conv", c.pre_conv, (B, blk.pre_conv.in_channels, blk.pre_conv.kernel_size[0]),
                       (w.dtype,), w.device)
-        blk.mixer.check_cache(c.mixer, batch)
+        blk.mixer.check_cache(c.mixer, B)
+        if c.mixer.positions is not cache.positions:  # the model advances only its own
+            raise ValueError("its positions are not the cache's: allocate it with allocate_inference_cache")
+
+    def _check_prompt_length(self, T: int) -> None:
+        self.layers[0].mixer.check_prompt_length(T)
 
     # ---- inner net
 

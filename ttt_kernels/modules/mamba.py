@@ -105,7 +105,9 @@ class Mamba(nn.Module):
             raise ValueError(f"cache must be a (conv_state, ssm_state) pair, got {type(cache).__name__}"
                              + (f" of {len(cache)}" if isinstance(cache, (tuple, list)) else ""))
         w = self.in_proj.weight
-        dtypes = ACT_DTYPES if self.use_triton else FLOAT_DTYPES  # the reference step runs float64 too
+        # the reference step runs float64 states, with float64 activations only (its conv output
+        # stays in the activation dtype and meets x_proj in the state's)
+        dtypes = FLOAT_DTYPES if not self.use_triton and w.dtype == torch.float64 else ACT_DTYPES
         _check_tensor("conv_state", cache[0], (batch, self.d_inner, self.d_conv), dtypes, w.device)
         _check_tensor("ssm_state", cache[1], (batch, self.d_inner, self.d_state), dtypes, w.device)
         check_disjoint([("conv_state", cache[0]), ("ssm_state", cache[1])])

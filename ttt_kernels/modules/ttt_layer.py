@@ -238,7 +238,7 @@ class TTTLayer(nn.Module):
         check_state(self.inner, form, ttt, batch, self.num_heads, self.head_dim, self.mini_batch, act, dev,
                     float64_ok=not self.spec.kernel)
         _check_tensor("cache.qk_conv", cache.qk_conv, (batch, self.hidden_size, self.conv_kernel), (act,), dev)
-        _check_tensor("cache.positions", cache.positions, (batch,), (torch.int64,), dev)
+        _check_tensor("cache.positions", cache.positions, (batch,), (torch.int32, torch.int64), dev)
 
     def _check_call(self, x: torch.Tensor, cache: TTTLayerCache, dims: int) -> None:
         """A public step's (``dims`` 2) or prefill's (3) input and cache, before anything is written."""
@@ -247,7 +247,17 @@ class TTTLayer(nn.Module):
             want = "[B, D]" if dims == 2 else "[B, T, D]"
             raise ValueError(f"x must be a {want} tensor with D = {self.hidden_size}, got {getattr(x, 'shape', x)}")
         _check_tensor("x", x, tuple(x.shape), (w.dtype,), w.device, contiguous=False)
+        if dims == 3:
+            self.check_prompt_length(x.shape[1])
         self.check_cache(cache, x.shape[0])
+
+    def check_prompt_length(self, T: int) -> None:
+        """The fused prefill kernels address a prompt's rows of the in-projection (``3 D + H`` wide)
+        with 32-bit offsets."""
+        if self.spec.kernel and T * (3 * self.hidden_size + self.num_heads) >= 2**31:
+            limit = (2**31 - 1) // (3 * self.hidden_size + self.num_heads)
+            raise ValueError(f"a prompt of {T} tokens is longer than the fused prefill takes at once ({limit}): "
+                             "prefill it in chunks")
 
     def reset_inference_cache(self, cache: TTTLayerCache) -> None:
         """Back to a fresh sequence, in place (a captured graph keeps its buffers)."""

@@ -106,14 +106,15 @@ def check_kernel_sizes(K: int, f: int, dot: bool) -> None:
     if K < 1 or K & (K - 1):
         raise ValueError(f"the mini-batch size K must be a power of two, got {K}")
     if dot and (K < 16 or f <= 8):
-        raise ValueError("the dual-form kernels' tensor-core products need a mini-batch K >= 16 and a head "
-                         f"dim > 8, got K={K}, f={f}")
+        raise ValueError("the dual-form kernels' tensor-core products (Triton decode, every prefill) need a "
+                         f"mini-batch K >= 16 and a head dim > 8, got K={K}, f={f}")
 
 
 def check_disjoint(named) -> None:
     """No two of the ``(name, tensor)`` pairs share memory (contiguous tensors): an in-place update
     of one would change what the kernel reads from another. Skipped while torch.compile traces (it
-    cannot trace ``data_ptr``; the fused ops, never traced, check again when they run)."""
+    cannot trace ``data_ptr``): the fused ops, never traced, check again when they run, but a
+    compiled reference-path step is not checked for aliased state."""
     if torch.compiler.is_compiling():
         return
     spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), name) for name, t in named if t.numel())
