@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.nn.utils import skip_init
 
 from ..ops.mamba import mamba_scan_ref, mamba_step, mamba_step_ref
-from ..ops.ttt_state import ACT_DTYPES, FLOAT_DTYPES, _check_tensor, check_disjoint
+from ..ops.ttt_state import ACT_DTYPES, FLOAT_DTYPES, _check_tensor, check_disjoint, check_module_input
 from ..utils.generation import PrefillPlan, lengths_on_host
 
 
@@ -113,12 +113,7 @@ class Mamba(nn.Module):
         check_disjoint([("conv_state", cache[0]), ("ssm_state", cache[1])])
 
     def _check_call(self, hidden: torch.Tensor, cache, dims: int) -> None:
-        w = self.in_proj.weight
-        if not isinstance(hidden, torch.Tensor) or hidden.dim() != dims or hidden.shape[-1] != self.d_model:
-            want = "[B, d_model]" if dims == 2 else "[B, T, d_model]"
-            raise ValueError(f"hidden must be a {want} tensor with d_model = {self.d_model}, "
-                             f"got {getattr(hidden, 'shape', hidden)}")
-        _check_tensor("hidden", hidden, tuple(hidden.shape), (w.dtype,), w.device, contiguous=False)
+        check_module_input("hidden", hidden, dims, self.d_model, self.in_proj.weight)
         self.check_cache(cache, hidden.shape[0])
 
     @torch.no_grad()

@@ -33,7 +33,7 @@ from ..ops.conv_rotary import (causal_conv1d_prefill, causal_conv1d_prefill_ref,
                                ttt_step_inputs_ref)
 from ..ops.norm import gated_layer_norm, gated_layer_norm_ref
 from ..ops.ttt_state import (STATE_DTYPES, TTTDualState, TTTPrimalState, _check_tensor, check_kernel_sizes,
-                              check_state, inner_net_shapes)
+                              check_module_input, check_state, inner_net_shapes)
 from ..utils.generation import PrefillPlan, prefill_plan
 from .rotary import Rotary
 
@@ -242,11 +242,7 @@ class TTTLayer(nn.Module):
 
     def _check_call(self, x: torch.Tensor, cache: TTTLayerCache, dims: int) -> None:
         """A public step's (``dims`` 2) or prefill's (3) input and cache, before anything is written."""
-        w = self.in_proj.weight
-        if not isinstance(x, torch.Tensor) or x.dim() != dims or x.shape[-1] != self.hidden_size:
-            want = "[B, D]" if dims == 2 else "[B, T, D]"
-            raise ValueError(f"x must be a {want} tensor with D = {self.hidden_size}, got {getattr(x, 'shape', x)}")
-        _check_tensor("x", x, tuple(x.shape), (w.dtype,), w.device, contiguous=False)
+        check_module_input("x", x, dims, self.hidden_size, self.in_proj.weight)
         if dims == 3:
             self.check_prompt_length(x.shape[1])
         self.check_cache(cache, x.shape[0])
@@ -254,8 +250,8 @@ class TTTLayer(nn.Module):
     def check_prompt_length(self, T: int) -> None:
         """The fused prefill kernels address a prompt's rows of the in-projection (``3 D + H`` wide)
         with 32-bit offsets."""
-        if self.spec.kernel and T * (3 * self.hidden_size + self.num_heads) >= 2**31:
-            limit = (2**31 - 1) // (3 * self.hidden_size + self.num_heads)
+        limit = (2**31 - 1) // (3 * self.hidden_size + self.num_heads)
+        if self.spec.kernel and T > limit:
             raise ValueError(f"a prompt of {T} tokens is longer than the fused prefill takes at once ({limit}): "
                              "prefill it in chunks")
 

@@ -96,6 +96,15 @@ def _check_tensor(name: str, t, shape, dtypes, device, contiguous: bool = True) 
         raise ValueError(f"{name} must be contiguous")
 
 
+def check_module_input(name: str, x, dims: int, width: int, weight: torch.Tensor) -> None:
+    """A module's input ``x``: ``[B, width]`` (``dims`` 2) or ``[B, T, width]`` (3), in ``weight``'s
+    dtype and on its device (any strides)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != dims or x.shape[-1] != width:
+        want = "[B, D]" if dims == 2 else "[B, T, D]"
+        raise ValueError(f"{name} must be a {want} tensor with D = {width}, got {getattr(x, 'shape', x)}")
+    _check_tensor(name, x, tuple(x.shape), (weight.dtype,), weight.device, contiguous=False)
+
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 ACT_DTYPES = FLOAT_DTYPES[:3]  # what the kernels take for activations: fp32, fp16, bf16
 
