@@ -15,8 +15,21 @@ import pytest  # noqa: E402
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _minor(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")[:2]
+    return int(major), int(minor)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs CUDA (1B-sized checks); skipped without it")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        import numpy
+        import triton
+        # the prefill kernels loop over a loaded count, which Triton's interpreter before 3.7
+        # turns into a Python int in a way numpy 2.4 rejects (triton-lang/triton#9171)
+        if _minor(triton.__version__) < (3, 7) and _minor(numpy.__version__) >= (2, 4):
+            raise pytest.UsageError(f"Triton {triton.__version__}'s interpreter fails with numpy {numpy.__version__} "
+                                    "(triton-lang/triton#9171): pip install 'numpy<2.4', or triton>=3.7")
 
 
 def pytest_collection_modifyitems(config, items):
