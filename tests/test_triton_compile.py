@@ -5,7 +5,8 @@ The interpreter that runs the other CPU tests never calls Triton's compiler, whi
 memory. Here the models step and prefill on the CPU with Triton's launcher replaced by a
 compile-only stand-in, in a subprocess without ``TRITON_INTERPRET`` (set for this process
 before triton was imported); each distinct specialization is compiled once, and its shared
-memory is held to what one H100 CTA may have.
+memory is held to what one H100 CTA may have. Every launch must ask for FMA contraction itself
+(``triton_utils.FP_FUSION``).
 """
 
 import os
@@ -49,7 +50,9 @@ def compile_all() -> None:
     seen = set()
 
     def compile_only(self, *args, grid, warmup, **kwargs):
-        opts = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in kwargs}
+        opts = {k: kwargs.pop(k) for k in list(kwargs) if k not in self.arg_names}  # launch options
+        # asked for, not left to Triton's default (which turns FMA contraction off in 3.10)
+        assert opts.get("enable_fp_fusion") is True, (self.fn.__name__, opts)
         bound = {**dict(zip(self.arg_names, args)), **kwargs}
         sig, consts = {}, {}
         for i, p in enumerate(self.params):

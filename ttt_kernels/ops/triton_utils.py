@@ -15,6 +15,9 @@ import triton.language as tl
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 MAX_ROW_DIM = 16384  # the row kernels (norms, gates) hold one row per program in registers
+# Every launch asks for FMA contraction (a * b + c in one instruction, as measured): Triton 3.9
+# warns that its default turns it off in 3.10, which would split each of the kernels' multiply-adds.
+FP_FUSION = {"enable_fp_fusion": True}
 
 
 def on_input_device(fn):

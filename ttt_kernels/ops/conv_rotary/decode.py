@@ -20,7 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import MAX_ROW_DIM, conv_state_shift, conv_window, on_input_device, rms_norm_row, row_warps
+from ..triton_utils import (FP_FUSION, MAX_ROW_DIM, conv_state_shift, conv_window, on_input_device, rms_norm_row,
+                            row_warps)
 from ..ttt_state import ACT_DTYPES, _check_tensor
 
 
@@ -115,7 +116,7 @@ def ttt_step_inputs(xqk, v, lr_logit, conv_state, q_weight, q_bias, k_weight, k_
         xqk, xqk.stride(0), v, v.stride(0), lr_logit, lr_logit.stride(0), lr_bias, float(lr_scale),
         conv_state, q_weight, q_bias, k_weight, k_bias, cos, sin, positions, q, k, v_heads, lr, H, D,
         F=f, HALF=f // 2, BLOCK=triton.next_power_of_2(f // 2), KC=KC, KP=triton.next_power_of_2(KC),
-        PERIOD=period, num_warps=1)
+        PERIOD=period, num_warps=1, **FP_FUSION)
     return q, k, v_heads, lr
 
 
@@ -169,5 +170,5 @@ def pre_conv_step(hidden, residual, conv_state, norm_weight, conv_weight, conv_b
             hidden, hidden.stride(0), hidden if residual is None else residual,
             0 if residual is None else residual.stride(0), conv_state, norm_weight, conv_weight, conv_bias,
             out_norm_weight, y, res, D, eps, HAS_RES=residual is not None, BLOCK=triton.next_power_of_2(D),
-            KC=KC, KP=triton.next_power_of_2(KC), num_warps=row_warps(D))
+            KC=KC, KP=triton.next_power_of_2(KC), num_warps=row_warps(D), **FP_FUSION)
     return y, res

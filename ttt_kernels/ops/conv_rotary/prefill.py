@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import on_input_device
+from ..triton_utils import FP_FUSION, on_input_device
 from ..ttt_state import ACT_DTYPES, _check_tensor
 from .decode import check_heads_and_rotary
 
@@ -101,7 +101,7 @@ def _launch(x, state, weight, bias, lengths, out, rotary=None, num_heads=1, writ
     _conv_prefill_kernel[grid](x, x.stride(0), x.stride(1), state, weight, bias, lengths, out, T, D, cos, sin, pos,
                                HALF=half, BH=triton.next_power_of_2(half), BT=64, KC=KC,
                                KP=triton.next_power_of_2(KC), ROTARY=rotary is not None, PERIOD=period,
-                               WRITE_STATE=write_state, num_warps=4)
+                               WRITE_STATE=write_state, num_warps=4, **FP_FUSION)
     return out
 
 

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..triton_utils import conv_state_step, on_input_device
+from ..triton_utils import FP_FUSION, conv_state_step, on_input_device
 from ..ttt_state import ACT_DTYPES, STATE_DTYPES, _check_tensor, check_out
 from .naive import split_x_db
 
@@ -215,6 +215,7 @@ def _launch_conv(x, conv_state, conv_weight, conv_bias, out, silu: bool) -> None
         x, x.stride(0), conv_state, conv_weight, conv_weight if conv_bias is None else conv_bias,
         out, out.stride(0), d,
         K=K, KP=triton.next_power_of_2(K), BLOCK_D=BD, HAS_BIAS=conv_bias is not None, SILU=silu, num_warps=4,
+        **FP_FUSION,
     )
 
 
@@ -236,6 +237,7 @@ def _launch_ssm(ssm_state, x, dt, A, B, C, D, z, dt_bias, dt_proj_weight, out, d
         DT_PROJ=dt_proj_weight is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus,
         A_IS_LOG=a_is_log, HAS_D=D is not None, HAS_Z=z is not None,
         DOT_PREC="ieee" if fp32_dot else "tf32", num_warps=warps, **({"maxnreg": maxnreg} if maxnreg else {}),
+        **FP_FUSION,
     )
 
 

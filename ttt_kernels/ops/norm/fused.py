@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import MAX_ROW_DIM, gelu_tanh, on_input_device, rms_norm_row, row_warps
+from ..triton_utils import FP_FUSION, MAX_ROW_DIM, gelu_tanh, on_input_device, rms_norm_row, row_warps
 from ..ttt_state import ACT_DTYPES
 
 
@@ -99,7 +99,7 @@ def add_rms_norm(x, residual, weight, eps):
         _add_rms_norm_kernel[(x2.shape[0],)](
             x2, x2.stride(0), r2 if residual is not None else x2, r2.stride(0) if residual is not None else 0,
             weight, y, res, dim, eps, HAS_RES=residual is not None, BLOCK=triton.next_power_of_2(dim),
-            num_warps=row_warps(dim))
+            num_warps=row_warps(dim), **FP_FUSION)
     return y, res
 
 
@@ -115,7 +115,8 @@ def gated_layer_norm(z, gate, weight, bias, eps):
     y = torch.empty(z.shape, dtype=z.dtype, device=z.device)
     if z2.shape[0]:
         _gated_layer_norm_kernel[(z2.shape[0],)](z2, z2.stride(0), g2, g2.stride(0), weight, bias, y, dim, eps,
-                                                 BLOCK=triton.next_power_of_2(dim), num_warps=row_warps(dim))
+                                                 BLOCK=triton.next_power_of_2(dim), num_warps=row_warps(dim),
+                                                 **FP_FUSION)
     return y
 
 
@@ -133,5 +134,5 @@ def silu_mul(gate_up):
     y = torch.empty((*gate_up.shape[:-1], dim), dtype=gate_up.dtype, device=gate_up.device)
     if x2.shape[0]:
         _silu_mul_kernel[(x2.shape[0],)](x2, x2.stride(0), y, dim, BLOCK=triton.next_power_of_2(dim),
-                                         num_warps=row_warps(dim))
+                                         num_warps=row_warps(dim), **FP_FUSION)
     return y

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import (causal_dual_weights, dot_config, finish_prefill_window, layer_norm_rows,
+from ..triton_utils import (FP_FUSION, causal_dual_weights, dot_config, finish_prefill_window, layer_norm_rows,
                             ln_l2_grad_rows, load_prefill_rows, on_input_device, prefill_program,
                             with_cached_rows)
 from ..ttt_state import TTTDualState, check_prefill_args, prefill_strides
@@ -106,6 +106,6 @@ def ttt_linear_prefill(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, sta
         q, k, v, lr, pos, lengths, ln_weight, ln_bias, token_idx_bias, out,
         W, b, state.k_cache, state.v_cache, state.lr_cache, *prefill_strides(q, k, v), T,
         H=H, F=f, BF=triton.next_power_of_2(f), K=K, DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec,
-        **(config or _launch_config(f, W.dtype)),
+        **(config or _launch_config(f, W.dtype)), **FP_FUSION,
     )
     return out

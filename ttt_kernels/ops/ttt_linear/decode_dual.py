@@ -12,8 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import (as_row0, dot_config, dual_row, layer_norm_rows, ln_l2_grad_rows, load_minibatch_rows,
-                            load_token, on_input_device, store_cache_row)
+from ..triton_utils import (FP_FUSION, as_row0, dot_config, dual_row, layer_norm_rows, ln_l2_grad_rows,
+                            load_minibatch_rows, load_token, on_input_device, store_cache_row)
 from ..ttt_state import TTTDualState, check_decode_args, check_kernel_sizes
 
 
@@ -88,6 +88,6 @@ def ttt_linear_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias,
     ttt_linear_decode_dual_kernel[(B * H,)](
         q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, out,
         W, b, state.k_cache, state.v_cache, state.lr_cache,
-        H=H, F=f, BF=BF, K=K, DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec, **_launch_config(f),
+        H=H, F=f, BF=BF, K=K, DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec, **_launch_config(f), **FP_FUSION,
     )
     return out

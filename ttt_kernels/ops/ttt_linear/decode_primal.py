@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import layer_norm_rows, ln_l2_grad_rows, load_token, on_input_device
+from ..triton_utils import FP_FUSION, layer_norm_rows, ln_l2_grad_rows, load_token, on_input_device
 from ..ttt_state import TTTPrimalState, check_decode_args
 
 
@@ -93,6 +93,6 @@ def ttt_linear_decode_primal(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bia
     ttt_linear_decode_primal_kernel[(B * H,)](
         q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, out,
         W, b, W_grad, b_grad,
-        H=H, F=f, BF=triton.next_power_of_2(f), K=K, num_warps=_num_warps(f),
+        H=H, F=f, BF=triton.next_power_of_2(f), K=K, num_warps=_num_warps(f), **FP_FUSION,
     )
     return out

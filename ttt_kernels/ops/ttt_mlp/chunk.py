@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import (causal_dual_weights, dot_config, fast_tanh, finish_prefill_window, gelu_tanh,
+from ..triton_utils import (FP_FUSION, causal_dual_weights, dot_config, fast_tanh, finish_prefill_window, gelu_tanh,
                             gelu_tanh_and_grad, layer_norm_rows, ln_l2_grad_rows, load_prefill_rows, prefill_program,
                             on_input_device, with_cached_rows)
 from ..ttt_state import TTTDualState, check_prefill_args, prefill_strides
@@ -211,6 +211,6 @@ def ttt_mlp_prefill(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state:
         q, k, v, lr, pos, lengths, ln_weight, ln_bias, token_idx_bias, out,
         W1, b1, W2, b2, state.k_cache, state.v_cache, state.lr_cache, *prefill_strides(q, k, v), T,
         H=H, F=f, BF=triton.next_power_of_2(f), FH=FH, BH=BH, K=K, ON_CHIP=on_chip,
-        DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec, FAST_TANH=fast_tanh(W1.dtype), **opts,
+        DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec, FAST_TANH=fast_tanh(W1.dtype), **opts, **FP_FUSION,
     )
     return out

@@ -21,8 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import (as_row0, dot_config, dual_row, fast_tanh, gelu_tanh, gelu_tanh_and_grad, layer_norm_rows,
-                            ln_l2_grad_rows, load_minibatch_rows, load_token, on_input_device, store_cache_row)
+from ..triton_utils import (FP_FUSION, as_row0, dot_config, dual_row, fast_tanh, gelu_tanh, gelu_tanh_and_grad,
+                            layer_norm_rows, ln_l2_grad_rows, load_minibatch_rows, load_token, on_input_device,
+                            store_cache_row)
 from ..ttt_state import TTTDualState, check_decode_args, check_kernel_sizes
 
 
@@ -149,6 +150,6 @@ def ttt_mlp_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, st
         q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, out,
         W1, b1, W2, b2, state.k_cache, state.v_cache, state.lr_cache,
         H=H, F=f, BF=BF, FH=FH, BH=BH, K=K, DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec, FAST_TANH=fast_tanh(W1.dtype),
-        num_warps=4, **opts,
+        num_warps=4, **opts, **FP_FUSION,
     )
     return out

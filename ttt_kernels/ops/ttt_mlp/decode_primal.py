@@ -28,8 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import (fast_tanh, gelu_tanh, gelu_tanh_and_grad, layer_norm_rows, ln_l2_grad_rows, load_token,
-                            on_input_device)
+from ..triton_utils import (FP_FUSION, fast_tanh, gelu_tanh, gelu_tanh_and_grad, layer_norm_rows, ln_l2_grad_rows,
+                            load_token, on_input_device)
 from ..ttt_state import TTTPrimalState, check_decode_args
 
 
@@ -146,6 +146,6 @@ def ttt_mlp_decode_primal(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, 
         q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, out,
         *state.weights, *state.grads,
         H=H, F=f, BF=triton.next_power_of_2(f), FH=4 * f, K=K, FAST_TANH=fast_tanh(state.weights[0].dtype),
-        **_launch_config(f),
+        **_launch_config(f), **FP_FUSION,
     )
     return out
