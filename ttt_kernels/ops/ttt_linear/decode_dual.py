@@ -59,15 +59,18 @@ def ttt_linear_decode_dual_kernel(
         store_cache_row(kc_ptr, vc_ptr, lrc_ptr, bh, t, k, v, lr, cols, cm, F, K)
 
 
-def _launch_config(f: int) -> dict:
-    # Measured at B=512 on an H200 (benchmarks/results/dual_kernel_tuning.md, v6), the fastest of
-    # 1/2/4/8 warps with and without a register cap. f=64: one warp per (sequence, head), as in the
-    # CUDA kernel (94 us; 4 warps capped at 96 registers, the earlier choice, 105). f=96 (a 128-wide
-    # block): 2 warps (127 us; 8 warps 149). f=128: 8 warps capped at 128 registers (157 us; uncapped 222).
+def _launch_config(f: int, state_dtype: torch.dtype) -> dict:
+    # 16-bit states: measured at B=512 on an H200 (benchmarks/results/dual_kernel_tuning.md, v6),
+    # the fastest of 1/2/4/8 warps with and without a register cap. f=64: one warp per (sequence,
+    # head), as in the CUDA kernel (94 us; 4 warps capped at 96 registers, the earlier choice, 105).
+    # f=96 (a 128-wide block): 2 warps (127 us; 8 warps 149). f=128: 8 warps capped at 128 registers
+    # (157 us; uncapped 222). An fp32 state's tiles are twice the registers: on those warp counts
+    # ptxas -v for sm_90 (Triton 3.6) gives 12 KB (f=64) and 34 KB (f=96) of spills per thread, so
+    # it gets 4 warps at f=64 (no spill) and 8 at f=96 (1.1 KB; 3.9's ptxas: 8 KB). Not timed yet.
     if f <= 64:
-        return {"num_warps": 1}
+        return {"num_warps": 4 if state_dtype == torch.float32 else 1}
     if f <= 96:
-        return {"num_warps": 2}
+        return {"num_warps": 8 if state_dtype == torch.float32 else 2}
     return {"num_warps": 8, "maxnreg": 128}
 
 
@@ -88,6 +91,6 @@ def ttt_linear_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias,
     ttt_linear_decode_dual_kernel[(B * H,)](
         q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, out,
         W, b, state.k_cache, state.v_cache, state.lr_cache,
-        H=H, F=f, BF=BF, K=K, DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec, **_launch_config(f), **FP_FUSION,
+        H=H, F=f, BF=BF, K=K, DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec, **_launch_config(f, W.dtype), **FP_FUSION,
     )
     return out
