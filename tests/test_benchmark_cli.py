@@ -45,6 +45,16 @@ def test_profile_of_interpreted_kernels_has_no_stacks(tmp_path):
     assert list(tmp_path.glob("trace_*.json")) and not list(tmp_path.glob("trace_*.stacks"))
 
 
+def test_kernel_resources_reads_registers_of_compiled_kernels(tmp_path):
+    r = run("kernel_resources.py", "--model-name", "ttt-tiny", "--inner_net", "mlp_1_primal_triton", "--json",
+            "--results_dir", tmp_path, env={"TRITON_INTERPRET": "1"})  # the script compiles anyway
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(next(tmp_path.glob("kernel_resources.json")).read_text())["rows"]
+    primal = next(row for row in rows if row["kernel"] == "ttt_linear_decode_primal_kernel")
+    assert primal["warps"] == 8 and 0 < primal["registers"] <= 255 and primal["shared_bytes"] > 0, primal
+    assert "| ttt-tiny mlp_1_primal_triton fp16 | ttt_linear_decode_primal_kernel | F=64 BF=64 K=16 | 8 |" in r.stdout
+
+
 def test_prefill_benchmark_and_parity_cpu_smoke(tmp_path):
     # a sweep over batch and prompt length: a row each, the max stable batch per prompt length
     r = run("benchmark_prefill_decode.py", "--device", "cpu", "--model-name", "ttt-tiny", "--mode", "prefill",
