@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ.pop("TRITON_INTERPRET", None)  # the compiler is the point: before triton is imported
@@ -32,23 +29,11 @@ import triton  # noqa: E402
 from ttt_kernels.models import MambaLM, TTTLM, get_config  # noqa: E402
 from ttt_kernels.models.config import TTTConfig  # noqa: E402
 from ttt_kernels.utils.benchmarking import as_dtype, markdown_table, write_results  # noqa: E402
-from ttt_kernels.utils.offline_compile import compile_launches  # noqa: E402
+from ttt_kernels.utils.offline_compile import compile_launches, resource_usage  # noqa: E402
 
 TRITON_INNER_NETS = ["mlp_2_dual_triton", "mlp_1_dual_triton", "mlp_2_primal_triton", "mlp_1_primal_triton"]
 # constexprs that name a kernel's shape and tiling (the rest follow from them or are flags)
 SHAPE_KEYS = ("F", "BF", "BH", "K", "BLOCK", "BLOCK_B", "BLOCK_D", "N", "R", "HALF", "BT", "ON_CHIP", "DOT_DTYPE")
-
-
-def resource_usage(cubin: bytes) -> dict:
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        out = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
-    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", out)
-    if m is None:
-        raise RuntimeError(f"cuobjdump -res-usage printed no resource line:\n{out}")
-    return {"registers": int(m.group(1)), "stack_bytes": int(m.group(2))}
 
 
 def one_layer(name: str, inner_net: str | None, dtype: torch.dtype):

@@ -5,13 +5,18 @@ Inside ``compile_launches(report)``, every Triton launch compiles its kernel for
 every launch (their outputs stay unwritten). Each distinct specialization is compiled once and
 handed to ``report(name, constexprs, options, compiled)``. The tests use it to compile every
 kernel as the models launch it (Triton's interpreter never compiles), and
-``benchmarks/kernel_resources.py`` to read registers and spills from the binaries.
+``benchmarks/kernel_resources.py`` to read registers and spills from the binaries
+(``resource_usage``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -66,3 +71,20 @@ def compile_launches(report, arch: int = 90):
         yield
     finally:
         JITFunction.run = run
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """``{"registers", "stack_bytes"}`` of a compiled kernel, read by the ``cuobjdump`` that
+    ships with Triton. The package's kernels keep no arrays in local memory, so their stack
+    frame is register spills."""
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    if m is None:
+        raise RuntimeError(f"cuobjdump -res-usage printed no resource line:\n{out}")
+    return {"registers": int(m.group(1)), "stack_bytes": int(m.group(2))}
