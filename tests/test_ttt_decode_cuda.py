@@ -271,6 +271,45 @@ def _emulated_prefill(launch):
     return prefill
 
 
+def _emulated_decode_run(launch, inner_net, f, state_dtype, act_dtype, ln_dtypes, pos, H, K, steps, seed, spare=0,
+                         scale=1.0):
+    """``steps`` emulated steps of ``len(pos)`` sequences from positions ``pos`` vs the float64 reference:
+    outputs, then weights and cache rows. With ``spare`` > 0 every tensor the kernel gets is the first
+    B sequences of a buffer of B + spare, whose spare sequences (at t = K - 1) must stay untouched.
+    ``scale`` multiplies the inner net's params."""
+    gen = torch.Generator().manual_seed(seed)
+    B = pos.shape[0]
+    params, ln_w, ln_b, tib = random_layer(inner_net, H, f, K, gen=gen)
+    params = [p * scale for p in params]
+    tib[3] = -0.5  # eta_3 = max(0, 1/4 - 0.5) = 0: the clamp is exercised
+    ln_w, ln_b = ln_w.to(ln_dtypes[0]), ln_b.to(ln_dtypes[1])  # the reference gets the same rounded values
+    full = random_dual_state(params, B + spare, K, state_dtype, act_dtype, gen=gen)
+    state = TTTDualState([w[:B] for w in full.weights], *(x[:B] for x in (full.k_cache, full.v_cache, full.lr_cache)))
+    spare_before = [x[B:].clone() for x in full.tensors()]
+    ref_state = to_float64(state)
+    pos = torch.cat([pos, torch.full((spare,), K - 1, dtype=pos.dtype)])[:B]  # a view: pos += 1 leaves the spares
+    tol = TOL[state_dtype] if act_dtype == F32 else max(TOL[state_dtype], TOL[act_dtype])
+    for step in range(steps):
+        q, k, v, lr = random_token(B + spare, H, f, act_dtype, gen=gen)
+        out_full = torch.full_like(q, math.nan)
+        q, k, v, lr = q[:B], k[:B], v[:B], lr[:B]
+        out = _emulated_step(launch, inner_net, q, k, v, lr, pos, ln_w, ln_b, tib.float(), state, out_full[:B])
+        ref = DUAL_REFS[inner_net](q.double(), k.double(), v.double(), lr.double(), pos.long(), ln_w.double(),
+                                   ln_b.double(), tib, ref_state)
+        assert not out.isnan().any(), f"step {step}: unwritten output elements"
+        assert out_full[B:].isnan().all(), f"step {step}: a spare sequence's output was written"
+        assert rel_err(out - q, ref - q.double()) < tol, (step, rel_err(out - q, ref - q.double()))
+        pos += 1
+    for i, (w, w_ref) in enumerate(zip(state.weights, ref_state.weights)):
+        assert rel_err(w, w_ref) < tol, (i, rel_err(w, w_ref))
+    t = (pos % K).tolist()
+    for b in range(B):
+        for x, x_ref in ((state.k_cache, ref_state.k_cache), (state.v_cache, ref_state.v_cache),
+                         (state.lr_cache, ref_state.lr_cache)):
+            torch.testing.assert_close(x[b, :, : t[b]].double(), x_ref[b, :, : t[b]], rtol=0, atol=0)
+    assert all(torch.equal(x[B:], x0) for x, x0 in zip(full.tensors(), spare_before)), "a spare's state changed"
+
+
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no g++")
 @pytest.mark.parametrize("inner_net,f,state_dtype,act_dtype,ln_dtypes", [
     ("mlp_1", 64, F16, F16, (F32, F32)), ("mlp_1", 128, F32, F16, (BF16, BF16)), ("mlp_1", 64, BF16, F32, (F16, F64)),
@@ -282,30 +321,29 @@ def test_cuda_kernel_source_in_host_emulation(emulated_kernels, inner_net, f, st
     """The kernels' index math, fragment layouts, barriers and cluster exchanges, checked on
     any machine: 10 steps from positions 7 and 15 (both sequences cross a mini-batch end), with
     the LayerNorm params in each float dtype, alike and mixed."""
-    gen = torch.Generator().manual_seed(25)
-    B, H = 2, 2
-    params, ln_w, ln_b, tib = random_layer(inner_net, H, f, K, gen=gen)
-    ln_w, ln_b = ln_w.to(ln_dtypes[0]), ln_b.to(ln_dtypes[1])  # the reference gets the same rounded values
-    state = random_dual_state(params, B, K, state_dtype, act_dtype, gen=gen)
-    ref_state = to_float64(state)
-    pos = torch.tensor([7, 15], dtype=torch.int32)
-    tol = TOL[state_dtype] if act_dtype == F32 else max(TOL[state_dtype], TOL[act_dtype])
-    for step in range(10):
-        q, k, v, lr = random_token(B, H, f, act_dtype, gen=gen)
-        out = _emulated_step(emulated_kernels[inner_net], inner_net, q, k, v, lr, pos, ln_w, ln_b,
-                             tib.float(), state, torch.full_like(q, math.nan))
-        ref = DUAL_REFS[inner_net](q.double(), k.double(), v.double(), lr.double(), pos.long(), ln_w.double(),
-                                   ln_b.double(), tib, ref_state)
-        assert not out.isnan().any(), f"step {step}: unwritten output elements"
-        assert rel_err(out - q, ref - q.double()) < tol, (step, rel_err(out - q, ref - q.double()))
-        pos += 1
-    for i, (w, w_ref) in enumerate(zip(state.weights, ref_state.weights)):
-        assert rel_err(w, w_ref) < tol, (i, rel_err(w, w_ref))
-    t = (pos % K).tolist()
-    for b in range(B):
-        for x, x_ref in ((state.k_cache, ref_state.k_cache), (state.v_cache, ref_state.v_cache),
-                         (state.lr_cache, ref_state.lr_cache)):
-            torch.testing.assert_close(x[b, :, : t[b]].double(), x_ref[b, :, : t[b]], rtol=0, atol=0)
+    _emulated_decode_run(emulated_kernels[inner_net], inner_net, f, state_dtype, act_dtype, ln_dtypes,
+                         torch.tensor([7, 15], dtype=torch.int32), H=2, K=K, steps=10, seed=25)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no g++")
+@pytest.mark.parametrize("inner_net", ["mlp_1", "mlp_2"])
+def test_cuda_kernel_grid_edges_in_host_emulation(emulated_kernels, inner_net):
+    """B H = 5 heads: mlp_1's second CTA of 4 warps has 3 idle ones; mlp_2's persistent grid (2 CTAs in
+    the emulation) walks heads 0, 2, 4 in one CTA and 1, 3 in the other (at step 0 head 0 ends its
+    mini-batch, head 2 then loads its own weights and prefetches head 4's); a mini-batch of K = 8 (the
+    kernels take any power of two <= 16); int64 positions; the tensors views of a buffer with a 6th
+    sequence that must stay untouched. Every sequence crosses its mini-batch end."""
+    _emulated_decode_run(emulated_kernels[inner_net], inner_net, 64, F16, F16, (F32, F32),
+                         torch.tensor([7, 3, 13, 2, 4]), H=1, K=8, steps=6, seed=26, spare=1)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no g++")
+@pytest.mark.parametrize("inner_net", ["mlp_1", "mlp_2"])
+def test_cuda_kernel_low_variance_rows_in_host_emulation(emulated_kernels, inner_net):
+    """Weights scaled by 1/30, so LayerNorm's rows have variance ~1e-3 and its eps (1e-6) shows at
+    the fp32 tolerance; fp32 state and activations (mlp_1 then runs 2 warps a CTA)."""
+    _emulated_decode_run(emulated_kernels[inner_net], inner_net, 64, F32, F32, (F32, F32), torch.tensor([13, 6]),
+                         H=1, K=K, steps=4, seed=27, scale=1 / 30)
 
 
 # ---- the TTT-MLP prefill kernel (f = 64, 16-bit states)
