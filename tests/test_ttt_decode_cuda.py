@@ -313,7 +313,8 @@ def _emulated_decode_run(launch, inner_net, f, state_dtype, act_dtype, ln_dtypes
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no g++")
 @pytest.mark.parametrize("inner_net,f,state_dtype,act_dtype,ln_dtypes", [
     ("mlp_1", 64, F16, F16, (F32, F32)), ("mlp_1", 128, F32, F16, (BF16, BF16)), ("mlp_1", 64, BF16, F32, (F16, F64)),
-    ("mlp_2", 64, F16, F16, (F16, F64)),  # one CTA per head
+    ("mlp_1", 128, BF16, BF16, (F32, F32)),
+    ("mlp_2", 64, F16, F16, (F16, F64)), ("mlp_2", 64, BF16, F16, (F32, F32)),  # one CTA per head
     ("mlp_2", 64, F32, F32, (F64, F64)), ("mlp_2", 128, BF16, BF16, (F16, F16)),  # clusters of 2, 4, 8
     ("mlp_2", 128, F32, F16, (F32, F32)),
 ], ids=str)
