@@ -33,7 +33,8 @@ from ttt_kernels.utils.offline_compile import compile_launches, resource_usage  
 
 TRITON_INNER_NETS = ["mlp_2_dual_triton", "mlp_1_dual_triton", "mlp_2_primal_triton", "mlp_1_primal_triton"]
 # constexprs that name a kernel's shape and tiling (the rest follow from them or are flags)
-SHAPE_KEYS = ("F", "BF", "BH", "K", "BLOCK", "BLOCK_B", "BLOCK_D", "N", "R", "HALF", "BT", "ON_CHIP", "DOT_DTYPE")
+SHAPE_KEYS = ("F", "BF", "FH", "BH", "K", "BLOCK", "BLOCK_B", "BLOCK_D", "N", "R", "RP", "HALF", "BT", "KC", "KP",
+              "PERIOD", "ON_CHIP", "DOT_DTYPE")
 
 
 def one_layer(name: str, inner_net: str | None, dtype: torch.dtype):
@@ -76,6 +77,8 @@ def main(argv=None):
                     cache = model.allocate_inference_cache(2, state_dtype=as_dtype(state))
                     model.prefill(ids, cache)
                     model.step(ids[:, 0], cache)
+    if not rows:
+        sys.exit("no Triton kernel was compiled: is Triton's interpreter on (TRITON_INTERPRET)?")
     columns = ["model", "kernel", "shape", "warps", "stages", "reg_cap", "registers", "stack_bytes", "shared_bytes"]
     print(f"Triton {triton.__version__}, sm_90, activations {args.dtype}; "
           "each specialization once, in the first model that launched it")

@@ -5,9 +5,10 @@ The interpreter that runs the other CPU tests never calls Triton's compiler, whi
 memory. Here the models step and prefill on the CPU with Triton's launcher replaced by a
 compile-only stand-in (``utils.offline_compile``), in a subprocess without ``TRITON_INTERPRET``
 (set for this process before triton was imported). Each specialization is compiled once, and
-its shared memory is held to what one H100 CTA may have; none may have been compiled the way
-ptxas compiles what it cannot fit (32 registers and a stack of spills). Every launch must ask
-for FMA contraction itself (``triton_utils.FP_FUSION``).
+its shared memory is held to what one H100 CTA may have; none but the known cases
+(``known_give_up``) may have been compiled the way ptxas compiles what it cannot fit (32
+registers and a stack of spills). Every launch must ask for FMA contraction itself
+(``triton_utils.FP_FUSION``).
 """
 
 import os
@@ -18,12 +19,18 @@ import torch
 
 H100_SMEM_PER_CTA = 227 * 1024
 # (inner net, state dtype, config overrides): every Triton inner net and state dtype at f = 64,
-# and the dual kernels at f = 128 and f = 96 (a 128-wide block, masked)
-TTT_CASES = [(net, state, {}) for net in ("mlp_1_dual_triton", "mlp_2_dual_triton", "mlp_1_primal_triton",
-                                          "mlp_2_primal_triton")
-             for state in (torch.float16, torch.bfloat16, torch.float32)]
-TTT_CASES += [(net, torch.float16, {"hidden_size": 2 * f, "intermediate_size": 4 * f})
-              for net in ("mlp_1_dual_triton", "mlp_2_dual_triton") for f in (96, 128)]
+# 96 (a 128-wide block, masked) and 128
+TTT_CASES = [(net, state, {"hidden_size": 2 * f, "intermediate_size": 4 * f})
+             for net in ("mlp_1_dual_triton", "mlp_2_dual_triton", "mlp_1_primal_triton", "mlp_2_primal_triton")
+             for state in (torch.float16, torch.bfloat16, torch.float32) for f in (64, 96, 128)]
+
+
+def known_give_up(name, constexprs) -> bool:
+    """The prefill kernels with an fp32 state at f = 96/128 fit on no warp count or register cap
+    tried (kernel_resources.py; 2-3 KB of spills at best): left untuned, the prefill targets are
+    16-bit states."""
+    return (name.endswith("_prefill_kernel") and constexprs.get("F", 0) > 64
+            and getattr(constexprs.get("DOT_DTYPE"), "name", None) == "fp32")
 
 
 def compile_all() -> None:
@@ -35,9 +42,10 @@ def compile_all() -> None:
         assert options.get("enable_fp_fusion") is True, (name, options)
         assert compiled.metadata.shared <= H100_SMEM_PER_CTA, (name, compiled.metadata.shared, constexprs, options)
         # ptxas's way of giving up on a kernel that does not fit: 32 registers and kilobytes of
-        # spills (the primal TTT-MLP kernel ran so for weeks); benchmarks/kernel_resources.py shows all
+        # spills (the fp32-state TTT-Linear kernel at f = 96 on 2 warps did); kernel_resources.py shows all
         use = resource_usage(compiled.asm["cubin"])
-        assert not (use["registers"] <= 32 and use["stack_bytes"] > 0), (name, use, constexprs, options)
+        gave_up = use["registers"] <= 32 and use["stack_bytes"] > 0
+        assert not gave_up or known_give_up(name, constexprs), (name, use, constexprs, options)
         print(f"{name} shared={compiled.metadata.shared} {options}", flush=True)
 
     gen = torch.Generator().manual_seed(0)

@@ -12,57 +12,40 @@ kernel as the models launch it (Triton's interpreter never compiles), and
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import subprocess
 import tempfile
 from pathlib import Path
 
-import torch
-
-_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64",
-          torch.int64: "i64", torch.int32: "i32", torch.bool: "i1"}
-
-
-def _arg_type(v) -> str:
-    if isinstance(v, torch.Tensor):
-        return "*" + _TYPES[v.dtype]
-    if isinstance(v, bool):
-        return "i1"
-    if isinstance(v, int):
-        return "i32" if -2**31 <= v < 2**31 else "i64"
-    if isinstance(v, float):
-        return "fp32"
-    raise TypeError(f"no Triton type for an argument of type {type(v).__name__}")
-
 
 @contextlib.contextmanager
 def compile_launches(report, arch: int = 90):
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        raise RuntimeError("compile_launches needs Triton's compiler: unset TRITON_INTERPRET before triton is imported")
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from triton.runtime.jit import JITFunction
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import JITFunction, create_function_from_signature
 
-    seen = set()
+    if triton.knobs.runtime.interpret:  # the kernels are then InterpretedFunctions, never compiled
+        raise RuntimeError("compile_launches needs Triton's compiler: unset TRITON_INTERPRET before triton is imported")
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    binders, seen = {}, set()
 
     def compile_only(self, *args, grid, warmup, **kwargs):
-        options = {k: kwargs.pop(k) for k in list(kwargs) if k not in self.arg_names}  # num_warps, ...
-        bound = {**dict(zip(self.arg_names, args)), **kwargs}
-        signature, constexprs = {}, {}
-        for i, p in enumerate(self.params):
-            v = bound.get(p.name, p.default)
-            if p.is_constexpr or v is None:
-                signature[p.name], constexprs[(i,)] = "constexpr", v
-            else:
-                signature[p.name] = _arg_type(v)
-        key = (self.fn.__name__, repr(signature), repr(constexprs), repr(options))
+        # Triton's own binder, as its launcher on a GPU: the signature, the constexprs and the
+        # specialization attributes (16-byte aligned pointers, ints divisible by 16), without which
+        # the compiler vectorizes less and reports very different registers and spills
+        if self not in binders:
+            binders[self] = create_function_from_signature(self.signature, self.params, backend)
+        bound, specialization, _ = binders[self](*args, **kwargs)
+        options = {k: v for k, v in kwargs.items() if k not in self.arg_names}  # num_warps, ...
+        _, signature, constexprs, attrs = self._pack_args(backend, dict(kwargs), bound, specialization, None)
+        key = (self.fn.__name__, repr(signature), repr(constexprs), repr(attrs), repr(options))
         if key in seen:
             return
         seen.add(key)
-        compiled = triton.compile(ASTSource(fn=self, signature=signature, constexprs=constexprs),
-                                  target=GPUTarget("cuda", arch, 32), options=options)
+        compiled = triton.compile(ASTSource(fn=self, signature=signature, constexprs=constexprs, attrs=attrs),
+                                  target=target, options=options)
         report(self.fn.__name__, {self.arg_names[i]: v for (i,), v in constexprs.items()}, options, compiled)
 
     run = JITFunction.run
