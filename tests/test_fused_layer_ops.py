@@ -250,7 +250,7 @@ def test_ttt_step_inputs_errors(device):
 @pytest.mark.parametrize("dtype", ACT)
 @pytest.mark.parametrize("rotary,f", [(False, 64), (True, 64), (True, 96)], ids=["conv", "qk-rotary", "qk-rotary-f96"])
 def test_conv_prefill(dtype, rotary, f, device, poison_alloc):
-    """Ragged prompts (1 token, fewer than the taps, across the 32- or 16-token blocks) from a random state
+    """Ragged prompts (1 token, fewer than the taps, across the 64-token blocks) from a random state
     and positions: outputs (poisoned first; q and k both from the state as it was) and the state
     decode continues from."""
     B, T, H, KC, period = 4, 70, 2, 4, 16

@@ -97,16 +97,10 @@ def _launch(x, state, weight, bias, lengths, out, rotary=None, num_heads=1, writ
     else:
         (cos, sin, pos), half = rotary, D // num_heads // 2
         period = cos.shape[0]
-    BH, KP = triton.next_power_of_2(half), triton.next_power_of_2(KC)
-    # 1024 channel-tokens per half-tile: 64 x 32 (f = 64) spilled ~0.75 KB per thread and 64 x 64
-    # (f = 96/128) made ptxas fall back to 32 registers and ~8 KB (ptxas -v for sm_90, Triton 3.6);
-    # none at 32 x 32 and 16 x 64 (not timed yet). At least KP tokens, so that only a sequence's
-    # first block reads the old conv state, which that block then overwrites.
-    BT = max(KP, min(64, 1024 // BH))
-    grid = (B, triton.cdiv(T, BT), triton.cdiv(D, 2 * half))
+    grid = (B, triton.cdiv(T, 64), triton.cdiv(D, 2 * half))
     _conv_prefill_kernel[grid](x, x.stride(0), x.stride(1), state, weight, bias, lengths, out, T, D, cos, sin, pos,
-                               HALF=half, BH=BH, BT=BT, KC=KC,
-                               KP=KP, ROTARY=rotary is not None, PERIOD=period,
+                               HALF=half, BH=triton.next_power_of_2(half), BT=64, KC=KC,
+                               KP=triton.next_power_of_2(KC), ROTARY=rotary is not None, PERIOD=period,
                                WRITE_STATE=write_state, num_warps=4, **FP_FUSION)
     return out
 

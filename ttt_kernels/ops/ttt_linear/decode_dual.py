@@ -64,13 +64,15 @@ def _launch_config(f: int, state_dtype: torch.dtype) -> dict:
     # the fastest of 1/2/4/8 warps with and without a register cap. f=64: one warp per (sequence,
     # head), as in the CUDA kernel (94 us; 4 warps capped at 96 registers, the earlier choice, 105).
     # f=96 (a 128-wide block): 2 warps (127 us; 8 warps 149). f=128: 8 warps capped at 128 registers
-    # (157 us; uncapped 222). An fp32 state's tiles are twice the registers: on those warp counts
-    # ptxas -v for sm_90 (Triton 3.6) gives 12 KB (f=64) and 34 KB (f=96) of spills per thread, so
-    # it gets 4 warps at f=64 (no spill) and 8 at f=96 (1.1 KB; 3.9's ptxas: 8 KB). Not timed yet.
+    # (157 us; uncapped 222). An fp32 state's tiles take twice the registers: compiled for sm_90
+    # (benchmarks/kernel_resources.py, Triton 3.6 and 3.9) f=64 on 1 warp spills ~1.1 KB per thread
+    # and f=96 on 2 warps gets ptxas's give-up code (32 registers, 15 KB of stack); 4 warps at f=64
+    # spill nothing, f=96 takes f=128's config (1.4 KB). Not timed.
+    fp32 = state_dtype == torch.float32
     if f <= 64:
-        return {"num_warps": 4 if state_dtype == torch.float32 else 1}
-    if f <= 96:
-        return {"num_warps": 8 if state_dtype == torch.float32 else 2}
+        return {"num_warps": 4 if fp32 else 1}
+    if f <= 96 and not fp32:
+        return {"num_warps": 2}
     return {"num_warps": 8, "maxnreg": 128}
 
 

