@@ -22,7 +22,8 @@ def _minor(version: str) -> tuple[int, int]:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs CUDA (1B-sized checks); skipped without it")
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    from ttt_kernels.ops.triton_utils import interpreting
+    if interpreting():
         import numpy
         import triton
         # the prefill kernels loop over a loaded count, which Triton's interpreter before 3.7

@@ -1,8 +1,6 @@
 """The fused norms and gates and the TTT layer's fused convs (the decode step's q/k conv + rotary,
 v and lr; the convs over whole prompts) against their float64 PyTorch references (Triton's interpreter on the CPU)."""
 
-import os
-
 import pytest
 import torch
 
@@ -11,12 +9,13 @@ from ttt_kernels.ops.conv_rotary import (apply_rotary_ref, causal_conv1d_prefill
                                          qk_conv_rotary_prefill_ref, ttt_step_inputs, ttt_step_inputs_ref)
 from ttt_kernels.ops.norm import (add_rms_norm, add_rms_norm_ref, gated_layer_norm, gated_layer_norm_ref, silu_mul,
                                   silu_mul_ref)
+from ttt_kernels.ops.triton_utils import interpreting
 from ttt_kernels.ops.utils import gelu_tanh
 
 ACT = [torch.float32, torch.float16, torch.bfloat16]
 # Triton's interpreter (3.9) truncates fp32 -> bf16 where the GPU rounds to nearest; the q/k step
 # rounds twice (conv output, rotated output), which can take bf16 just past 1e-2 on the CPU
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+INTERPRETED = interpreting()
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2 if INTERPRETED else 1e-2}
 
 

@@ -1,19 +1,18 @@
 """Mamba (v1) decode kernels against the float64 PyTorch references (Triton's interpreter
 on the CPU; the ``gpu`` tests need CUDA)."""
 
-import os
-
 import pytest
 import torch
 
 from ttt_kernels.modules.mamba import Mamba
 from ttt_kernels.ops.mamba import (causal_conv1d_update, causal_conv1d_update_ref, mamba_scan_ref, mamba_step,
                                    mamba_step_ref, selective_state_update, selective_state_update_ref)
+from ttt_kernels.ops.triton_utils import interpreting
 
 ACT = [torch.float32, torch.float16, torch.bfloat16]
 # Triton's interpreter (3.9) truncates fp32 -> bf16 where the GPU rounds to nearest, doubling
 # bf16's rounding error on the CPU (x_conv, x_proj's output and y are each stored in bf16)
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+INTERPRETED = interpreting()
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 2e-2 if INTERPRETED else 1e-2}
 
 

@@ -2,12 +2,12 @@
 the primal reference run in float64 on a copy of the state."""
 
 import math
-import os
 
 import pytest
 import torch
 from ttt_helpers import PRIMAL_REFS, TOL, random_layer, random_primal_state, random_token, rel_err, to_float64
 
+from ttt_kernels.ops.triton_utils import interpreting
 from ttt_kernels.ops.ttt_linear import ttt_linear_decode_primal
 from ttt_kernels.ops.ttt_mlp import ttt_mlp_decode_primal
 from ttt_kernels.ops.ttt_state import TTTPrimalState
@@ -15,7 +15,7 @@ from ttt_kernels.ops.ttt_state import TTTPrimalState
 KERNELS = {"mlp_1": ttt_linear_decode_primal, "mlp_2": ttt_mlp_decode_primal}
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 K = 16
-INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
+INTERPRETER = interpreting()
 
 
 def tolerance(state_dtype, act_dtype):

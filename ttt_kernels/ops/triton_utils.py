@@ -34,6 +34,12 @@ def on_input_device(fn):
     return launcher
 
 
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter: ``TRITON_INTERPRET`` set to any value
+    Triton takes as true (1, true, on, yes, y; any case)."""
+    return os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "on", "yes", "y")
+
+
 def row_warps(dim: int) -> int:
     """Warps of a program that holds one row of ``dim`` values (8 to 16 per thread)."""
     return min(16, max(1, triton.next_power_of_2(dim) // 256))
@@ -47,7 +53,7 @@ def dot_config(state_dtype: torch.dtype):
     interpreter multiplies bf16 operands wrongly (seen with 3.9), so there bf16 is
     upcast to fp32; the GPU tests cover the bf16 tensor-core path.
     """
-    if state_dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
+    if state_dtype == torch.bfloat16 and interpreting():
         state_dtype = torch.float32
     return _TL_DTYPES[state_dtype], ("ieee" if state_dtype == torch.float32 else "tf32")
 
@@ -57,7 +63,7 @@ def fast_tanh(state_dtype: torch.dtype) -> bool:
     27% fewer instructions in the TTT-MLP decode step): for fp16/bf16 states, whose products are
     16-bit anyway; fp32 states keep the exact form (their tolerance is 1e-4), and the CPU
     interpreter has no inline PTX."""
-    return state_dtype in (torch.float16, torch.bfloat16) and os.environ.get("TRITON_INTERPRET") != "1"
+    return state_dtype in (torch.float16, torch.bfloat16) and not interpreting()
 
 
 @triton.jit

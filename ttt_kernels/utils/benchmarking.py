@@ -11,7 +11,6 @@ import argparse
 import datetime
 import json
 import math
-import os
 import platform
 import shlex
 import sys
@@ -90,11 +89,12 @@ def environment_info() -> dict:
         "platform": platform.platform(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
     }
     try:
         import triton
-        info["triton"] = triton.__version__
+
+        from ..ops.triton_utils import interpreting
+        info.update(triton=triton.__version__, triton_interpret=interpreting())
     except ImportError:
         info["triton"] = None
     if torch.cuda.is_available():

@@ -25,7 +25,9 @@ def compile_launches(report, arch: int = 90):
     from triton.compiler import ASTSource, make_backend
     from triton.runtime.jit import JITFunction, create_function_from_signature
 
-    if triton.knobs.runtime.interpret:  # the kernels are then InterpretedFunctions, never compiled
+    from ..ops.triton_utils import interpreting
+
+    if interpreting():  # the kernels are then InterpretedFunctions, never compiled
         raise RuntimeError("compile_launches needs Triton's compiler: unset TRITON_INTERPRET before triton is imported")
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
