@@ -15,7 +15,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
+
+from ttt_kernels.ops.triton_utils import interpreting
 
 H100_SMEM_PER_CTA = 227 * 1024
 # (inner net, state dtype, config overrides): every Triton inner net and state dtype at f = 64,
@@ -70,6 +73,13 @@ def test_every_triton_kernel_compiles_for_sm90():
                      "ttt_mlp_decode_primal_kernel", "ttt_linear_prefill_kernel", "ttt_mlp_prefill_kernel",
                      "_ttt_step_inputs_kernel", "_pre_conv_step_kernel", "_conv_prefill_kernel", "_add_rms_norm_kernel",
                      "_gated_layer_norm_kernel", "_silu_mul_kernel", "_conv_step_kernel", "_ssm_step_kernel"}, names
+
+
+@pytest.mark.parametrize("value,on", [("1", True), ("true", True), ("On", True), ("yes", True), ("y", True),
+                                      ("0", False), ("false", False), ("", False)])
+def test_interpreting_takes_what_triton_takes_as_true(monkeypatch, value, on):
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert interpreting() is on
 
 
 if __name__ == "__main__":
