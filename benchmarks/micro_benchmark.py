@@ -38,7 +38,8 @@ Profiling (no timing; NVTX ranges per line, cycle and step):
     nsys profile --capture-range=cudaProfilerApi --capture-range-end=stop -t cuda,nvtx \\
         -o ttt_decode_mlp_2 python benchmarks/micro_benchmark.py --inner_net mlp_2 --profile
     ncu --profile-from-start off --kernel-name regex:decode_dual --launch-skip 15 --launch-count 1 \\
-        python benchmarks/micro_benchmark.py --inner_net mlp_2 --lines cuda --profile --profile_batch 512 --profile_cycles 1
+        python benchmarks/micro_benchmark.py --inner_net mlp_2 --lines cuda --profile \\
+        --profile_batch 512 --profile_cycles 1
     (launch 16 of the loop is t = 15 of the first cycle)
 """
 
