@@ -96,7 +96,7 @@ def environment_info() -> dict:
         from ..ops.triton_utils import interpreting
         info.update(triton=triton.__version__, triton_interpret=interpreting())
     except ImportError:
-        info["triton"] = None
+        info.update(triton=None, triton_interpret=False)  # every record has both keys, as before interpreting()
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         info.update(gpu=p.name, gpu_count=torch.cuda.device_count(), capability=f"{p.major}.{p.minor}",
