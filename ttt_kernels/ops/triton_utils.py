@@ -45,17 +45,19 @@ def row_warps(dim: int) -> int:
     return min(16, max(1, triton.next_power_of_2(dim) // 256))
 
 
-def dot_config(state_dtype: torch.dtype):
+def dot_config(state_dtype: torch.dtype, fp32_precision: str = "ieee"):
     """Operand dtype and precision of the kernels' matrix products (``DOT_DTYPE, DOT_PREC``).
 
-    fp16/bf16 states multiply on the tensor cores in their own dtype; fp32 states get
-    exact fp32 products (tf32 would cost ~1e-3 relative error). Triton's CPU
-    interpreter multiplies bf16 operands wrongly (seen with 3.9), so there bf16 is
-    upcast to fp32; the GPU tests cover the bf16 tensor-core path.
+    fp16/bf16 states multiply on the tensor cores in their own dtype. fp32 states never
+    use plain tf32 (~1e-3 relative error): ``fp32_precision`` is "ieee" (exact fp32, built
+    from FMA instructions) or "tf32x3" (three tf32 tensor-core products, ~1e-6; it frees
+    registers in some kernels and adds spills in others, so each launcher picks the one it
+    measured faster). Triton's CPU interpreter multiplies bf16 operands wrongly (seen with
+    3.9), so there bf16 is upcast to fp32; the GPU tests cover the bf16 tensor-core path.
     """
     if state_dtype == torch.bfloat16 and interpreting():
         state_dtype = torch.float32
-    return _TL_DTYPES[state_dtype], ("ieee" if state_dtype == torch.float32 else "tf32")
+    return _TL_DTYPES[state_dtype], (fp32_precision if state_dtype == torch.float32 else "tf32")
 
 
 def fast_tanh(state_dtype: torch.dtype) -> bool:

@@ -101,7 +101,9 @@ def ttt_linear_prefill(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, sta
     B, T, H, f, K, lengths, out = check_prefill_args("mlp_1", q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias,
                                                      state, lengths, out, check_positions)
     W, b = state.weights
-    dot_dtype, dot_prec = dot_config(W.dtype)
+    # fp32 state: tf32x3 products, 5.77 -> 4.44 ms for B=16 x 4096 tokens on the H100 against exact
+    # fp32; the TTT-MLP prefill stays exact (tf32x3 spilled 4.7 KB there and ran 6x slower)
+    dot_dtype, dot_prec = dot_config(W.dtype, fp32_precision="tf32x3")
     ttt_linear_prefill_kernel[(B * H,)](
         q, k, v, lr, pos, lengths, ln_weight, ln_bias, token_idx_bias, out,
         W, b, state.k_cache, state.v_cache, state.lr_cache, *prefill_strides(q, k, v), T,

@@ -90,6 +90,7 @@ def ttt_linear_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias,
     check_kernel_sizes(K, f, dot=True)
     W, b = state.weights
     BF = triton.next_power_of_2(f)
+    # fp32 state: exact fp32 products; tf32x3 measured 6% slower at f=64 (7% faster at f=96), H100, B=512
     dot_dtype, dot_prec = dot_config(W.dtype)
     ttt_linear_decode_dual_kernel[(B * H,)](
         q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, out,

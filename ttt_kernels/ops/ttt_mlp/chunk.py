@@ -206,6 +206,8 @@ def ttt_mlp_prefill(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state:
     hidden_chunk = opts.pop("hidden_chunk", 64)
     BH = triton.next_power_of_2(FH) if on_chip else hidden_chunk
     opts = opts or _launch_config(on_chip)
+    # fp32 state: exact fp32 products; tf32x3 spilled 4.7 KB per thread here and ran 6.3x slower
+    # (H100, B=16 x 4096 tokens)
     dot_dtype, dot_prec = dot_config(W1.dtype)
     ttt_mlp_prefill_kernel[(B * H,)](
         q, k, v, lr, pos, lengths, ln_weight, ln_bias, token_idx_bias, out,
