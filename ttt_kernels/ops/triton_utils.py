@@ -105,22 +105,22 @@ def rms_norm_row(s, w_ptr, cols, m, dim, eps):
 
 
 @triton.jit
-def as_row0(x, M: tl.constexpr, DOT_DTYPE: tl.constexpr):
-    """Vector ``x`` as row 0 of an ``M``-row tile, zeros elsewhere: the A operand that puts a
+def as_row(x, R: tl.constexpr, M: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """Vector ``x`` as row ``R`` of an ``M``-row tile, zeros elsewhere: the A operand that puts a
     vector x matrix product on the tensor cores (``tl.dot`` needs M >= 16). Broadcast-and-reduce
     on the CUDA cores would hold an fp32 copy of the matrix in registers, which is what limits
     occupancy."""
     rows = tl.arange(0, M)
-    return tl.where(rows[:, None] == 0, x[None, :], 0.0).to(DOT_DTYPE)
+    return tl.where(rows[:, None] == R, x[None, :], 0.0).to(DOT_DTYPE)
 
 
 @triton.jit
-def dual_row(Y, attn, G, eta, M: tl.constexpr):
-    """The dual form's ``x W0 - eta sum_j attn_j G_j`` for one token: ``Y`` is the product of an
-    ``as_row0(x)`` tile (``x W0`` in row 0, zeros below), ``attn [M]`` and ``G [M, n]`` the
-    rows' weights and gradients. Both sums over the rows are one reduction."""
+def dual_row(Y, R: tl.constexpr, attn, G, eta, M: tl.constexpr):
+    """The dual form's ``x W0 - eta sum_j attn_j G_j`` for one token: row ``R`` of ``Y`` holds
+    ``x W0`` (other rows are ignored), ``attn [M]`` and ``G [M, n]`` are the rows' weights and
+    gradients. Both sums over the rows are one reduction."""
     rows = tl.arange(0, M)
-    return tl.sum(tl.where(rows[:, None] == 0, Y, 0.0) - (eta * attn)[:, None] * G, axis=0)
+    return tl.sum(tl.where(rows[:, None] == R, Y, 0.0) - (eta * attn)[:, None] * G, axis=0)
 
 
 @triton.jit

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import (FP_FUSION, as_row0, dot_config, dual_row, fast_tanh, gelu_tanh, gelu_tanh_and_grad,
+from ..triton_utils import (FP_FUSION, as_row, dot_config, dual_row, fast_tanh, gelu_tanh, gelu_tanh_and_grad,
                             layer_norm_rows, ln_l2_grad_rows, load_minibatch_rows, load_token, on_input_device,
                             store_cache_row)
 from ..ttt_state import TTTDualState, check_decode_args, check_kernel_sizes
@@ -43,15 +43,15 @@ def _dual_chunk(W1_ptr, b1_ptr, W2_ptr, ZQ1, b1, W2, X2, GP, G2, kr, attn1, eta,
                 cm, F: tl.constexpr, FH: tl.constexpr, BH: tl.constexpr, K: tl.constexpr,
                 DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr, FAST_TANH: tl.constexpr):
     """One hidden chunk of the output path (and of the update at the mini-batch end);
-    ``ZQ1`` the product of ``as_row0(q)`` and the chunk of ``W1``, ``X2, GP`` its ``gelu(Z1),
+    ``ZQ1`` the product of ``as_row(q, 0)`` and the chunk of ``W1``, ``X2, GP`` its ``gelu(Z1),
     gelu'(Z1)``. Adds the chunk's share of ``x2_bar W2`` (row 0 of ``XW``) and of
     ``x2_bar . x2_j`` (the rows of ``XX`` summed) to those tiles, which are reduced once,
     after the last chunk: a sum per chunk would add its barriers to every chunk's chain.
     """
     G1 = tl.dot(G2.to(DOT_DTYPE), tl.trans(W2.to(DOT_DTYPE)), input_precision=DOT_PREC) * GP
-    z1_bar = dual_row(ZQ1, attn1, G1, eta, K) + b1
+    z1_bar = dual_row(ZQ1, 0, attn1, G1, eta, K) + b1
     x2_bar = gelu_tanh(z1_bar, FAST_TANH)
-    XW = tl.dot(as_row0(x2_bar, K, DOT_DTYPE), W2.to(DOT_DTYPE), acc=XW, input_precision=DOT_PREC)
+    XW = tl.dot(as_row(x2_bar, 0, K, DOT_DTYPE), W2.to(DOT_DTYPE), acc=XW, input_precision=DOT_PREC)
     XX += X2 * x2_bar[None, :]
     if is_last:  # the weights are read again here (from L2) rather than kept live in registers
         hid = c0 + tl.arange(0, BH)
@@ -103,14 +103,14 @@ def ttt_mlp_decode_dual_kernel(
     XX = tl.zeros((K, BH), dtype=tl.float32)
     for c0 in range(0, FH, BH):
         W1, b1, W2 = _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, c0, cols, cm, F, FH, BH)
-        ZQ1 = tl.dot(as_row0(q, K, DOT_DTYPE), W1.to(DOT_DTYPE), input_precision=DOT_PREC)
+        ZQ1 = tl.dot(as_row(q, 0, K, DOT_DTYPE), W1.to(DOT_DTYPE), input_precision=DOT_PREC)
         Z1 = tl.dot(kd, W1.to(DOT_DTYPE), input_precision=DOT_PREC) + b1[None, :]
         X2, GP = gelu_tanh_and_grad(Z1, FAST_TANH)
         XW, XX = _dual_chunk(W1_ptr, b1_ptr, W2_ptr, ZQ1, b1, W2, X2, GP, G2, kr, attn1, eta, is_last, XW, XX,
                              bh, c0, cols, cm, F, FH, BH, K, DOT_DTYPE, DOT_PREC, FAST_TANH)
 
     xx = tl.sum(XX, axis=1)
-    z2_bar = dual_row(XW, xx + 1.0, G2, eta, K) + b2
+    z2_bar = dual_row(XW, 0, xx + 1.0, G2, eta, K) + b2
     out = q[None, :] + layer_norm_rows(z2_bar[None, :], gamma, beta, cm, F)
     tl.store(out_ptr + bh * F + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=cm[None, :])
 
