@@ -513,12 +513,27 @@ __device__ __forceinline__ void q_frag(uint32_t (&b)[Dot<TS>::N][2], const float
   }
 }
 
+// q (fp32 in shared memory) as row 15 of the A fragment a of k-step ks (threads g = 7 hold it)
+template <class TS>
+__device__ __forceinline__ void q_as_row15(uint32_t (&a)[Dot<TS>::N][4], const float* q, int ks, int g, int c) {
+  uint32_t lo[Dot<TS>::N], hi[Dot<TS>::N];
+  const int k0 = 16 * ks + 2 * c;
+  pack<TS>(lo, q[k0], q[k0 + 1]);
+  pack<TS>(hi, q[k0 + 8], q[k0 + 9]);
+#pragma unroll
+  for (int n = 0; n < Dot<TS>::N; ++n) {
+    a[n][1] = g == 7 ? lo[n] : a[n][1];
+    a[n][3] = g == 7 ? hi[n] : a[n][3];
+  }
+}
+
 // One pass over a weight tile in shared memory, both kernels' first product: Z += K W for the 16
 // mini-batch rows (K's fp16/bf16 copy at sKd), attn += K q and zq^T += W^T q with q as an n8
 // column, over KS k-steps of 16 rows and NP pairs of 8-column tiles from column tile c8 (this
 // warp's). Each W fragment is also the A operand of the transposed product, so q costs one mma
-// per fragment instead of two.
-template <class TS, int KS, int NP, int KD_PART, int KD_ROW, int W_PART, int W_ROW>
+// per fragment instead of two. With Q_ROW15 (row 15 free: its lr is 0) q replaces that row of K,
+// Z's row 15 is q W and the transposed product is skipped (zq untouched).
+template <class TS, int KS, int NP, int KD_PART, int KD_ROW, int W_PART, int W_ROW, bool Q_ROW15 = false>
 __device__ __forceinline__ void kw_pass(float (&z)[2 * NP][4], float (&at)[4], float (&zq)[NP][4], uint32_t sKd,
                                         uint32_t sW, int c8, const float* qv, int lane) {
   constexpr int N = Dot<TS>::N;
@@ -528,16 +543,20 @@ __device__ __forceinline__ void kw_pass(float (&z)[2 * NP][4], float (&at)[4], f
     uint32_t ka[N][4], bq[N][2];
     ldsm4<N, KD_PART>(ka, sKd + swz<KD_ROW>(lane & 15, 2 * ks + (lane >> 4)));
     q_frag<TS>(bq, qv, ks, g, c);
+    if constexpr (Q_ROW15) q_as_row15<TS>(ka, qv, ks, g, c);
     mma<TS>(at, ka, bq);
 #pragma unroll
     for (int np = 0; np < NP; ++np) {
-      uint32_t r[N][4], b0[N][2], b1[N][2], wt[N][4];
+      uint32_t r[N][4], b0[N][2], b1[N][2];
       ldsm4_t<N, W_PART>(r, sW + swz<W_ROW>(16 * ks + (lane & 7) + ((lane >> 3) & 1) * 8, c8 + 2 * np + (lane >> 4)));
       b_halves(r, b0, b1);
-      a_transposed(r, wt);
       mma<TS>(z[2 * np], ka, b0);
       mma<TS>(z[2 * np + 1], ka, b1);
-      mma<TS>(zq[np], wt, bq);
+      if constexpr (!Q_ROW15) {
+        uint32_t wt[N][4];
+        a_transposed(r, wt);
+        mma<TS>(zq[np], wt, bq);
+      }
     }
   }
 }

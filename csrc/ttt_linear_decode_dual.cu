@@ -6,9 +6,9 @@
 //   out = q + LN(z_bar); at t = K-1: W0 += K^T (-eta G), b0 -= eta sum_j G_j; else row t -> cache.
 //
 // Per warp: W (F x F) and the raw k / v rows arrive in shared memory by cp.async; one pass
-// over W's k-steps issues three products from each W fragment (ldmatrix.trans):
-// Z = K W (16 rows), attn = K q (q as an n8 column) and (q W)^T = W^T q (the W fragment
-// reused as the A operand of the transposed product). LayerNorm statistics are quad
+// over W's k-steps gives Z = K W (16 rows), attn = K q (q as an n8 column) and q W. While the
+// tile's row 15 is free (t < 15) q rides in it, so K W yields q W; at t = 15 each W fragment
+// (ldmatrix.trans) is also the A operand of (q W)^T = W^T q. LayerNorm statistics are quad
 // shuffles. G's row tile, transposed in registers (movmatrix), is the B operand of the sums
 // over rows (one product with an A fragment of attn_j + 1 and ones, row_sums_a) and of the
 // update's K^T G.
@@ -64,20 +64,31 @@ __global__ void __launch_bounds__(LinearCfg<F, TA, TS>::WARPS * 32)
     __syncwarp();
   }
 
-  // Z = K W, attn = K q, zq^T = W^T q, in one pass over W
+  // Z = K W, attn = K q and q W in one pass over W. While row 15 of the mini-batch tile is free
+  // (t < 15; its lr is 0) q rides there and K W gives q W too; at t = 15 it is zq^T = W^T q.
   const uint32_t sW = smem_u32(ws), sKd = smem_u32(skd);
   float z[NT][4] = {}, at[4] = {}, zq[KS][4] = {};  // W is square: NT / 2 column-tile pairs = KS
-  kw_pass<TS, KS, KS, Cfg::KD_PART, Cfg::KD_ROW, Cfg::W_PART, Cfg::W_ROW>(z, at, zq, sKd, sW, 0, qv, lane);
+  const bool q_row15 = tok.t < ROWS - 1;
+  if (q_row15)
+    kw_pass<TS, KS, KS, Cfg::KD_PART, Cfg::KD_ROW, Cfg::W_PART, Cfg::W_ROW, true>(z, at, zq, sKd, sW, 0, qv, lane);
+  else
+    kw_pass<TS, KS, KS, Cfg::KD_PART, Cfg::KD_ROW, Cfg::W_PART, Cfg::W_ROW>(z, at, zq, sKd, sW, 0, qv, lane);
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     const float2 bb = *reinterpret_cast<const float2*>(bias + 8 * nt + 2 * c);
     z[nt][0] += bb.x; z[nt][1] += bb.y; z[nt][2] += bb.x; z[nt][3] += bb.y;
   }
-  if (c == 0) {
+  // zqs = q W + b
+  if (q_row15) {
+    if (g == 7) {
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) *reinterpret_cast<float2*>(zqs + 8 * nt + 2 * c) = make_float2(z[nt][2], z[nt][3]);
+    }
+  } else if (c == 0) {
 #pragma unroll
     for (int mt = 0; mt < KS; ++mt) {
-      zqs[16 * mt + g] = zq[mt][0];
-      zqs[16 * mt + 8 + g] = zq[mt][2];
+      zqs[16 * mt + g] = zq[mt][0] + bias[16 * mt + g];
+      zqs[16 * mt + 8 + g] = zq[mt][2] + bias[16 * mt + 8 + g];
     }
   }
   // z is now G; before t = 8 rows 8-15 are padding (half the steps of a mini-batch of 16)
@@ -103,7 +114,7 @@ __global__ void __launch_bounds__(LinearCfg<F, TA, TS>::WARPS * 32)
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int col = 8 * nt + 2 * c + e;
-      zb[nt][e] = zqs[col] + bias[col] - tok.eta * sg[nt][e];
+      zb[nt][e] = zqs[col] - tok.eta * sg[nt][e];
     }
   write_output<F, TA>(zb, gamma, beta, qv, static_cast<TA*>(P.out) + bh * F, g, c);
 
