@@ -245,7 +245,7 @@ def ttt_mlp_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, st
     # state at f <= 64 the transposed kernel, two pipeline stages and a 128-register cap (four
     # programs per SM at 48 KB of shared memory each; 578 us, the row form 642 us). The row form
     # stays faster for an fp32 state (tf32x3 splits each operand in registers, so wgmma's
-    # shared-memory operands buy nothing: 2294 against 3191 us) and at f = 96 (776 against 834
+    # shared-memory operands buy nothing: 2257 against 3162 us) and at f = 96 (769 against 828
     # us), and ties at f = 128; it runs 3 stages (1 for fp32: more would not fit in shared
     # memory) at the compiler's register count.
     if W1.dtype != torch.float32 and BF <= 64:
