@@ -16,12 +16,12 @@ The hidden dim is walked in chunks, twice: the first pass needs every chunk to g
 reads of a chunk come from L2. Small chunks keep registers low enough for several
 programs per SM, which measured faster than holding a whole head in one tile.
 
-Two forms of the same step. ``ttt_mlp_decode_dual_kernel`` runs every product transposed
-(``W^T`` times the rows' ``[f or hidden, K]`` tile): a 64-wide weight chunk is then the
+The passes come in two forms (``TRANSPOSED``). The transposed one runs every product as
+``W^T`` times the rows' ``[f or hidden, K]`` tile: a 64-wide weight chunk is then the
 64-row operand of Hopper's wgmma, read straight from the shared memory the pipeliner
-loads it into, and the 16 rows are its N. ``ttt_mlp_decode_dual_rows_kernel`` keeps the
-rows as the 16-row M of ``mma.sync`` with the weights in registers. The launcher picks
-the one measured faster for the state dtype and head dim.
+loads it into, and the 16 rows are its N. The row form keeps the rows as the 16-row M of
+``mma.sync`` with the weights in registers. The launcher picks the one measured faster
+for the state dtype and head dim.
 """
 
 import torch
@@ -59,29 +59,36 @@ def _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, c0, cols, cm, F: tl.constexpr, FH: t
 
 
 @triton.jit
-def ttt_mlp_decode_dual_kernel(
-    q_ptr, k_ptr, v_ptr, lr_ptr, pos_ptr, ln_w_ptr, ln_b_ptr, tib_ptr, out_ptr,
-    W1_ptr, b1_ptr, W2_ptr, b2_ptr, kc_ptr, vc_ptr, lrc_ptr,
-    H: tl.constexpr, F: tl.constexpr, BF: tl.constexpr, FH: tl.constexpr, BH: tl.constexpr, K: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr, FAST_TANH: tl.constexpr,
-):
-    bh = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B*H*f*4f overflows int32
-    cols = tl.arange(0, BF)
-    cm = cols < F  # real features (f = 96 runs in a 128-wide block)
-    t, eta, q, k, v, lr, gamma, beta = load_token(q_ptr, k_ptr, v_ptr, lr_ptr, pos_ptr, ln_w_ptr, ln_b_ptr, tib_ptr,
-                                                  bh, cols, cm, H, F, K)
-    is_last = t == K - 1
+def _update_chunk(W1_ptr, b1_ptr, W2_ptr, KT, G1, X2T, G2, b1, eta, bh, c0, cols, cm, F: tl.constexpr,
+                  FH: tl.constexpr, BH: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr):
+    """The mini-batch's rank-K update of one hidden chunk: ``W1[:, chunk] -= eta K^T G1``,
+    ``b1[chunk] -= eta sum_j G1_j``, ``W2[chunk, :] -= eta X2^T G2`` (``KT [BF, K]``,
+    ``G1 [K, BH]``, ``X2T [BH, K]``, ``G2 [K, BF]``). The weights are read again here (from
+    L2): kept live from the chunk's tiles they spill, in both kernel forms (measured slower)."""
+    hid = c0 + tl.arange(0, BH)
+    hm = hid < FH
+    w1_off = bh * F * FH + cols[:, None] * FH + hid[None, :]
+    w1_mask = cm[:, None] & hm[None, :]
+    W1_0 = tl.load(W1_ptr + w1_off, mask=w1_mask, other=0.0).to(tl.float32)
+    W1_new = tl.dot(KT.to(DOT_DTYPE), (-eta * G1).to(DOT_DTYPE), acc=W1_0, input_precision=DOT_PREC)
+    tl.store(W1_ptr + w1_off, W1_new.to(W1_ptr.dtype.element_ty), mask=w1_mask)
+    tl.store(b1_ptr + bh * FH + hid, (b1 - eta * tl.sum(G1, axis=0)).to(b1_ptr.dtype.element_ty), mask=hm)
+    w2_off = bh * FH * F + hid[:, None] * F + cols[None, :]
+    w2_mask = hm[:, None] & cm[None, :]
+    W2_0 = tl.load(W2_ptr + w2_off, mask=w2_mask, other=0.0).to(tl.float32)
+    W2_new = tl.dot(X2T.to(DOT_DTYPE), (-eta * G2).to(DOT_DTYPE), acc=W2_0, input_precision=DOT_PREC)
+    tl.store(W2_ptr + w2_off, W2_new.to(W2_ptr.dtype.element_ty), mask=w2_mask)
 
-    b2 = tl.load(b2_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
 
-    # the mini-batch so far (rows j > t carry lr 0), and its transpose: the products run
-    # transposed, (W^T [hidden or f, ...] x rows^T [..., K]), so that the weight chunk is the
-    # 64-row operand that Hopper's wgmma takes from shared memory and the K rows are its N
-    kr, vr, lrr = load_minibatch_rows(kc_ptr, vc_ptr, lrc_ptr, bh, t, k, v, lr, cols, cm, F, K)
+@triton.jit
+def _passes_transposed(W1_ptr, b1_ptr, W2_ptr, q, kr, vr, lrr, attn1, gamma, beta, b2, eta, is_last, bh, cols, cm,
+                       F: tl.constexpr, BF: tl.constexpr, FH: tl.constexpr, BH: tl.constexpr, K: tl.constexpr,
+                       DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr, FAST_TANH: tl.constexpr):
+    """Both passes with every product transposed, ``W^T [hidden or f, .] x rows^T [., K]``: the
+    weight chunk is the 64-row operand that Hopper's wgmma takes from shared memory, the K rows
+    its N. Returns, in row form, ``XW`` (row 0: ``x2_bar W2``), ``xx`` (``x2_bar . x2_j``) and ``G2``."""
     KT = tl.trans(kr).to(DOT_DTYPE)
     QT = tl.trans(as_row(q, 0, K, DOT_DTYPE))
-    attn1 = tl.sum(kr * q[None, :], axis=1) + 1.0  # q.k_j + 1
-
     # pass 1: z2 of every row needs all hidden chunks. b1 is loaded one chunk ahead by hand:
     # the pipeliner streams only the products' operands, and b1 starts the chunk's product.
     Z2T = tl.zeros((BF, K), dtype=tl.float32) + b2[:, None]
@@ -93,8 +100,7 @@ def ttt_mlp_decode_dual_kernel(
         X2T = gelu_tanh(tl.dot(tl.trans(W1.to(DOT_DTYPE)), KT, input_precision=DOT_PREC) + b1[:, None], FAST_TANH)
         Z2T = tl.dot(tl.trans(W2.to(DOT_DTYPE)), X2T.to(DOT_DTYPE), acc=Z2T, input_precision=DOT_PREC)
     G2 = ln_l2_grad_rows(tl.trans(Z2T), vr - kr, gamma, beta, cm, F) * lrr[:, None]
-    G2T = tl.trans(G2)
-    G2Td = G2T.to(DOT_DTYPE)
+    G2Td = tl.trans(G2).to(DOT_DTYPE)
     # pass 2, chunk by chunk: g1, the output path and (at the mini-batch end) the update. The
     # shares of x2_bar W2 (column 0 of XWT) and of x2_bar . x2_j (XXT summed over the hidden
     # units) are reduced once, after the last chunk.
@@ -115,37 +121,17 @@ def ttt_mlp_decode_dual_kernel(
         XWT = tl.dot(tl.trans(W2.to(DOT_DTYPE)), tl.trans(as_row(x2_bar, 0, K, DOT_DTYPE)), acc=XWT,
                      input_precision=DOT_PREC)
         XXT += X2T * x2_bar[:, None]
-        if is_last:  # the weights are read again here (from L2): taken from the chunk's tiles, they spill
-            hid = c0 + tl.arange(0, BH)
-            hm = hid < FH
-            w1_off = bh * F * FH + cols[:, None] * FH + hid[None, :]
-            w1_mask = cm[:, None] & hm[None, :]
-            W1_0 = tl.load(W1_ptr + w1_off, mask=w1_mask, other=0.0).to(tl.float32)
-            W1_new = tl.dot(KT, tl.trans((-eta * G1T).to(DOT_DTYPE)), acc=W1_0, input_precision=DOT_PREC)
-            tl.store(W1_ptr + w1_off, W1_new.to(W1_ptr.dtype.element_ty), mask=w1_mask)
-            tl.store(b1_ptr + bh * FH + hid, (b1 - eta * tl.sum(G1T, axis=1)).to(b1_ptr.dtype.element_ty), mask=hm)
-            w2_off = bh * FH * F + hid[:, None] * F + cols[None, :]
-            w2_mask = hm[:, None] & cm[None, :]
-            W2_0 = tl.load(W2_ptr + w2_off, mask=w2_mask, other=0.0).to(tl.float32)
-            W2_new = tl.dot(X2T.to(DOT_DTYPE), tl.trans((-eta * G2T).to(DOT_DTYPE)), acc=W2_0, input_precision=DOT_PREC)
-            tl.store(W2_ptr + w2_off, W2_new.to(W2_ptr.dtype.element_ty), mask=w2_mask)
-
-    xx = tl.sum(XXT, axis=0)
-    z2_bar = dual_row(tl.trans(XWT), 0, xx + 1.0, G2, eta, K) + b2
-    out = q[None, :] + layer_norm_rows(z2_bar[None, :], gamma, beta, cm, F)
-    tl.store(out_ptr + bh * F + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=cm[None, :])
-
-    if is_last:
-        tl.store(b2_ptr + bh * F + cols, (b2 - eta * tl.sum(G2, axis=0)).to(b2_ptr.dtype.element_ty), mask=cm)
-    else:
-        store_cache_row(kc_ptr, vc_ptr, lrc_ptr, bh, t, k, v, lr, cols, cm, F, K)
+        if is_last:
+            _update_chunk(W1_ptr, b1_ptr, W2_ptr, KT, tl.trans(G1T), X2T, G2, b1, eta, bh, c0, cols, cm, F, FH, BH,
+                          DOT_DTYPE, DOT_PREC)
+    return tl.trans(XWT), tl.sum(XXT, axis=0), G2
 
 
 @triton.jit
 def _dual_chunk(W1_ptr, b1_ptr, W2_ptr, ZQ1, b1, W2, X2, GP, G2, kr, attn1, eta, is_last, XW, XX, bh, c0, cols,
                 cm, F: tl.constexpr, FH: tl.constexpr, BH: tl.constexpr, K: tl.constexpr,
                 DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr, FAST_TANH: tl.constexpr):
-    """One hidden chunk of the output path (and of the update at the mini-batch end);
+    """One hidden chunk of the row form's output path (and of the update at the mini-batch end);
     ``ZQ1`` the product of ``as_row(q, 0)`` and the chunk of ``W1``, ``X2, GP`` its ``gelu(Z1),
     gelu'(Z1)``. Adds the chunk's share of ``x2_bar W2`` (row 0 of ``XW``) and of
     ``x2_bar . x2_j`` (the rows of ``XX`` summed) to those tiles, which are reduced once,
@@ -156,44 +142,19 @@ def _dual_chunk(W1_ptr, b1_ptr, W2_ptr, ZQ1, b1, W2, X2, GP, G2, kr, attn1, eta,
     x2_bar = gelu_tanh(z1_bar, FAST_TANH)
     XW = tl.dot(as_row(x2_bar, 0, K, DOT_DTYPE), W2.to(DOT_DTYPE), acc=XW, input_precision=DOT_PREC)
     XX += X2 * x2_bar[None, :]
-    if is_last:  # the weights are read again here (from L2) rather than kept live in registers
-        hid = c0 + tl.arange(0, BH)
-        hm = hid < FH
-        w1_off = bh * F * FH + cols[:, None] * FH + hid[None, :]
-        w1_mask = cm[:, None] & hm[None, :]
-        W1_0 = tl.load(W1_ptr + w1_off, mask=w1_mask, other=0.0).to(tl.float32)
-        W1_new = tl.dot(tl.trans(kr).to(DOT_DTYPE), (-eta * G1).to(DOT_DTYPE), acc=W1_0, input_precision=DOT_PREC)
-        tl.store(W1_ptr + w1_off, W1_new.to(W1_ptr.dtype.element_ty), mask=w1_mask)
-        tl.store(b1_ptr + bh * FH + hid, (b1 - eta * tl.sum(G1, axis=0)).to(b1_ptr.dtype.element_ty), mask=hm)
-        w2_off = bh * FH * F + hid[:, None] * F + cols[None, :]
-        w2_mask = hm[:, None] & cm[None, :]
-        W2_0 = tl.load(W2_ptr + w2_off, mask=w2_mask, other=0.0).to(tl.float32)
-        W2_new = tl.dot(tl.trans(X2).to(DOT_DTYPE), (-eta * G2).to(DOT_DTYPE), acc=W2_0, input_precision=DOT_PREC)
-        tl.store(W2_ptr + w2_off, W2_new.to(W2_ptr.dtype.element_ty), mask=w2_mask)
+    if is_last:
+        _update_chunk(W1_ptr, b1_ptr, W2_ptr, tl.trans(kr), G1, tl.trans(X2), G2, b1, eta, bh, c0, cols, cm, F, FH, BH,
+                      DOT_DTYPE, DOT_PREC)
     return XW, XX
 
 
 @triton.jit
-def ttt_mlp_decode_dual_rows_kernel(
-    q_ptr, k_ptr, v_ptr, lr_ptr, pos_ptr, ln_w_ptr, ln_b_ptr, tib_ptr, out_ptr,
-    W1_ptr, b1_ptr, W2_ptr, b2_ptr, kc_ptr, vc_ptr, lrc_ptr,
-    H: tl.constexpr, F: tl.constexpr, BF: tl.constexpr, FH: tl.constexpr, BH: tl.constexpr, K: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr, FAST_TANH: tl.constexpr,
-):
-    bh = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B*H*f*4f overflows int32
-    cols = tl.arange(0, BF)
-    cm = cols < F  # real features (f = 96 runs in a 128-wide block)
-    t, eta, q, k, v, lr, gamma, beta = load_token(q_ptr, k_ptr, v_ptr, lr_ptr, pos_ptr, ln_w_ptr, ln_b_ptr, tib_ptr,
-                                                  bh, cols, cm, H, F, K)
-    is_last = t == K - 1
-
-    b2 = tl.load(b2_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
-
-    # the mini-batch so far (rows j > t carry lr 0)
-    kr, vr, lrr = load_minibatch_rows(kc_ptr, vc_ptr, lrc_ptr, bh, t, k, v, lr, cols, cm, F, K)
+def _passes_rows(W1_ptr, b1_ptr, W2_ptr, q, kr, vr, lrr, attn1, gamma, beta, b2, eta, is_last, bh, cols, cm,
+                 F: tl.constexpr, BF: tl.constexpr, FH: tl.constexpr, BH: tl.constexpr, K: tl.constexpr,
+                 DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr, FAST_TANH: tl.constexpr):
+    """Both passes with the K rows as the 16-row M of ``mma.sync`` and the weight chunks as its
+    B operand (in registers). Returns what :func:`_passes_transposed` returns."""
     kd = kr.to(DOT_DTYPE)
-    attn1 = tl.sum(kr * q[None, :], axis=1) + 1.0  # q.k_j + 1
-
     # pass 1: z2 of every row needs all hidden chunks
     Z2 = tl.zeros((K, BF), dtype=tl.float32) + b2[None, :]
     for c0 in range(0, FH, BH):
@@ -211,8 +172,35 @@ def ttt_mlp_decode_dual_rows_kernel(
         X2, GP = gelu_tanh_and_grad(Z1, FAST_TANH)
         XW, XX = _dual_chunk(W1_ptr, b1_ptr, W2_ptr, ZQ1, b1, W2, X2, GP, G2, kr, attn1, eta, is_last, XW, XX,
                              bh, c0, cols, cm, F, FH, BH, K, DOT_DTYPE, DOT_PREC, FAST_TANH)
+    return XW, tl.sum(XX, axis=1), G2
 
-    xx = tl.sum(XX, axis=1)
+
+@triton.jit
+def ttt_mlp_decode_dual_kernel(
+    q_ptr, k_ptr, v_ptr, lr_ptr, pos_ptr, ln_w_ptr, ln_b_ptr, tib_ptr, out_ptr,
+    W1_ptr, b1_ptr, W2_ptr, b2_ptr, kc_ptr, vc_ptr, lrc_ptr,
+    H: tl.constexpr, F: tl.constexpr, BF: tl.constexpr, FH: tl.constexpr, BH: tl.constexpr, K: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr, FAST_TANH: tl.constexpr, TRANSPOSED: tl.constexpr,
+):
+    bh = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B*H*f*4f overflows int32
+    cols = tl.arange(0, BF)
+    cm = cols < F  # real features (f = 96 runs in a 128-wide block)
+    t, eta, q, k, v, lr, gamma, beta = load_token(q_ptr, k_ptr, v_ptr, lr_ptr, pos_ptr, ln_w_ptr, ln_b_ptr, tib_ptr,
+                                                  bh, cols, cm, H, F, K)
+    is_last = t == K - 1
+
+    b2 = tl.load(b2_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
+
+    # the mini-batch so far (rows j > t carry lr 0)
+    kr, vr, lrr = load_minibatch_rows(kc_ptr, vc_ptr, lrc_ptr, bh, t, k, v, lr, cols, cm, F, K)
+    attn1 = tl.sum(kr * q[None, :], axis=1) + 1.0  # q.k_j + 1
+    if TRANSPOSED:
+        XW, xx, G2 = _passes_transposed(W1_ptr, b1_ptr, W2_ptr, q, kr, vr, lrr, attn1, gamma, beta, b2, eta, is_last,
+                                        bh, cols, cm, F, BF, FH, BH, K, DOT_DTYPE, DOT_PREC, FAST_TANH)
+    else:
+        XW, xx, G2 = _passes_rows(W1_ptr, b1_ptr, W2_ptr, q, kr, vr, lrr, attn1, gamma, beta, b2, eta, is_last,
+                                  bh, cols, cm, F, BF, FH, BH, K, DOT_DTYPE, DOT_PREC, FAST_TANH)
+
     z2_bar = dual_row(XW, 0, xx + 1.0, G2, eta, K) + b2
     out = q[None, :] + layer_norm_rows(z2_bar[None, :], gamma, beta, cm, F)
     tl.store(out_ptr + bh * F + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=cm[None, :])
@@ -242,20 +230,21 @@ def ttt_mlp_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, st
     # compiled for f=96 they also halve the spills (2.1 -> 1.1 KB per thread)
     dot_dtype, dot_prec = dot_config(W1.dtype, fp32_precision="tf32x3")
     # Measured on the H100 at B=512 (benchmarks/results/dual_kernel_tuning.md, v12): for a 16-bit
-    # state at f <= 64 the transposed kernel, two pipeline stages and a 128-register cap (four
+    # state at f <= 64 the transposed form, two pipeline stages and a 128-register cap (four
     # programs per SM at 48 KB of shared memory each; 578 us, the row form 642 us). The row form
     # stays faster for an fp32 state (tf32x3 splits each operand in registers, so wgmma's
     # shared-memory operands buy nothing: 2257 against 3162 us) and at f = 96 (769 against 828
     # us), and ties at f = 128; it runs 3 stages (1 for fp32: more would not fit in shared
     # memory) at the compiler's register count.
-    if W1.dtype != torch.float32 and BF <= 64:
-        kernel, opts = ttt_mlp_decode_dual_kernel, {"num_stages": 2, "maxnreg": 128}
+    transposed = W1.dtype != torch.float32 and BF <= 64
+    if transposed:
+        opts = {"num_stages": 2, "maxnreg": 128}
     else:
-        kernel, opts = ttt_mlp_decode_dual_rows_kernel, {"num_stages": 1 if W1.dtype == torch.float32 else 3}
-    kernel[(B * H,)](
+        opts = {"num_stages": 1 if W1.dtype == torch.float32 else 3}
+    ttt_mlp_decode_dual_kernel[(B * H,)](
         q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, out,
         W1, b1, W2, b2, state.k_cache, state.v_cache, state.lr_cache,
         H=H, F=f, BF=BF, FH=FH, BH=BH, K=K, DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec, FAST_TANH=fast_tanh(W1.dtype),
-        num_warps=4, **opts, **FP_FUSION,
+        TRANSPOSED=transposed, num_warps=4, **opts, **FP_FUSION,
     )
     return out
