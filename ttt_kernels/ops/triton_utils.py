@@ -106,10 +106,10 @@ def rms_norm_row(s, w_ptr, cols, m, dim, eps):
 
 @triton.jit
 def as_row(x, R: tl.constexpr, M: tl.constexpr, DOT_DTYPE: tl.constexpr):
-    """Vector ``x`` as row ``R`` of an ``M``-row tile, zeros elsewhere: the A operand that puts a
-    vector x matrix product on the tensor cores (``tl.dot`` needs M >= 16). Broadcast-and-reduce
-    on the CUDA cores would hold an fp32 copy of the matrix in registers, which is what limits
-    occupancy."""
+    """Vector ``x`` as row ``R`` of an ``M``-row tile, zeros elsewhere: the operand that puts a
+    vector x matrix product on the tensor cores (``tl.dot`` needs M >= 16; its transpose is the
+    column operand of a transposed product). Broadcast-and-reduce on the CUDA cores would hold an
+    fp32 copy of the matrix in registers, which is what limits occupancy."""
     rows = tl.arange(0, M)
     return tl.where(rows[:, None] == R, x[None, :], 0.0).to(DOT_DTYPE)
 
