@@ -3,10 +3,13 @@ v and lr; the convs over whole prompts) against their float64 PyTorch references
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ttt_kernels.ops.conv_rotary import (apply_rotary_ref, causal_conv1d_prefill, causal_conv1d_prefill_ref,
                                          pre_conv_step, pre_conv_step_ref, qk_conv_rotary_prefill,
-                                         qk_conv_rotary_prefill_ref, ttt_step_inputs, ttt_step_inputs_ref)
+                                         qk_conv_rotary_prefill_ref, ring_store, ring_window, ttt_step_inputs,
+                                         ttt_step_inputs_ref)
+from ttt_kernels.ops.mamba import causal_conv1d_update_ref
 from ttt_kernels.ops.norm import (add_rms_norm, add_rms_norm_ref, gated_layer_norm, gated_layer_norm_ref, silu_mul,
                                   silu_mul_ref)
 from ttt_kernels.ops.triton_utils import interpreting
@@ -97,13 +100,13 @@ def rotary_tables(f, period, device):
 def test_ttt_step_inputs(dtype, f, device, poison_alloc):
     """Many steps from mixed per-sequence positions, inputs as row-strided views of one projection
     (like the layer's): q, k, v, lr (outputs poisoned) and the conv state."""
-    B, H, KC, period, lr_scale = 3, 2, 4, 16, 8.0 / f
+    B, H, KC, period, lr_scale = 3, 5, 4, 16, 8.0 / f  # 5 heads: two programs of four, one part-masked
     D = H * f
     wq, bq, wk, bk = (randn(*s, dtype=dtype, device=device, seed=i) * 0.5
                       for i, s in enumerate([(D, KC), (D,), (D, KC), (D,)]))
     lr_bias = randn(H, dtype=torch.float32, device=device, seed=5)
     cos, sin = rotary_tables(f, period, device)
-    state = randn(B, D, KC, dtype=dtype, device=device, seed=10)
+    state = randn(B, KC, D, dtype=dtype, device=device, seed=10)
     state_ref = state.double()
     pos = torch.tensor([0, 7, 29], device=device)
     for step in range(20):
@@ -133,19 +136,21 @@ def test_pre_conv_step(dtype, with_residual, device, poison_alloc):
     B, D, KC = 3, 96, 4
     nw, ow = (1 + 0.5 * randn(D, dtype=torch.float32, device=device, seed=i).to(dtype) for i in (0, 1))
     cw, cb = randn(D, KC, dtype=dtype, device=device, seed=2) * 0.5, randn(D, dtype=dtype, device=device, seed=3)
-    state = randn(B, D, KC, dtype=dtype, device=device, seed=10)
+    state = randn(B, KC, D, dtype=dtype, device=device, seed=10)
     residual = randn(B, D, dtype=torch.float32, device=device, seed=11) if with_residual else None
+    pos = torch.tensor([0, 5, 30], device=device)  # mixed ring slots
     for step in range(6):
         hidden = randn(B, 2 * D, dtype=dtype, device=device, seed=100 + step)[:, :D]  # row-strided
         state_ref = state.double()
-        y, r = pre_conv_step(hidden, residual, state, nw, cw, cb, ow, 1e-6)
+        y, r = pre_conv_step(hidden, residual, state, pos, nw, cw, cb, ow, 1e-6)
         y_ref, r_ref = pre_conv_step_ref(hidden.double(), None if residual is None else residual.double(), state_ref,
-                                         nw.double(), cw.double(), cb.double(), ow.double(), 1e-6)
+                                         pos, nw.double(), cw.double(), cb.double(), ow.double(), 1e-6)
         assert y.dtype == dtype and r.dtype == torch.float32 and y.shape == r.shape == (B, D)
         assert_close(r, r_ref, TOL[dtype], f"residual, step {step}")
         assert_close(y, y_ref, TOL[dtype], f"normed, step {step}")
         assert_close(state, state_ref, TOL[dtype], f"conv state, step {step}")
         residual = r if with_residual else None
+        pos += 1
 
 
 def test_pre_conv_step_keeps_the_residual_in_fp32(device):
@@ -155,9 +160,10 @@ def test_pre_conv_step_keeps_the_residual_in_fp32(device):
     hidden = randn(B, D, dtype=torch.float16, device=device, seed=0)
     residual = 1 + 1e-5 * torch.arange(B * D, dtype=torch.float32, device=device).view(B, D)
     ones, zeros = torch.ones(D, dtype=torch.float16, device=device), torch.zeros(D, dtype=torch.float16, device=device)
-    state = torch.zeros(B, D, KC, dtype=torch.float16, device=device)
-    _, r = pre_conv_step(hidden, residual, state, ones, torch.zeros(D, KC, dtype=torch.float16, device=device), zeros,
-                         ones, 1e-6)
+    state = torch.zeros(B, KC, D, dtype=torch.float16, device=device)
+    pos = torch.zeros(B, dtype=torch.int64, device=device)
+    _, r = pre_conv_step(hidden, residual, state, pos, ones, torch.zeros(D, KC, dtype=torch.float16, device=device),
+                         zeros, ones, 1e-6)
     assert torch.equal(r, residual + hidden.float())
 
 
@@ -171,16 +177,21 @@ def test_gated_layer_norm_of_a_constant_row(device):
 
 def test_pre_conv_step_errors(device):
     B, D, KC = 2, 16, 4
-    st, x = torch.zeros(B, D, KC, device=device), torch.zeros(B, D, device=device)
+    st, x = torch.zeros(B, KC, D, device=device), torch.zeros(B, D, device=device)
     w, cw = torch.ones(D, device=device), torch.zeros(D, KC, device=device)
+    pos = torch.zeros(B, dtype=torch.int64, device=device)
     with pytest.raises(TypeError, match="residual"):
-        pre_conv_step(x, x.half(), st, w, cw, w, w, 1e-6)
+        pre_conv_step(x, x.half(), st, pos, w, cw, w, w, 1e-6)
     with pytest.raises(ValueError, match="conv_state"):
-        pre_conv_step(x, None, st[:1], w, cw, w, w, 1e-6)
+        pre_conv_step(x, None, st[:1], pos, w, cw, w, w, 1e-6)
+    with pytest.raises(ValueError, match="conv_state"):  # the [B, D, k] layout of mamba-ssm's convs
+        pre_conv_step(x, None, st.transpose(1, 2).contiguous(), pos, w, cw, w, w, 1e-6)
+    with pytest.raises(ValueError, match="positions"):
+        pre_conv_step(x, None, st, pos[:1], w, cw, w, w, 1e-6)
     with pytest.raises(ValueError, match="out_norm_weight"):
-        pre_conv_step(x, None, st, w, cw, w, w[:3], 1e-6)
+        pre_conv_step(x, None, st, pos, w, cw, w, w[:3], 1e-6)
     with pytest.raises(ValueError, match="hidden"):
-        pre_conv_step(torch.zeros(D, B, device=device).t(), None, st, w, cw, w, w, 1e-6)
+        pre_conv_step(torch.zeros(D, B, device=device).t(), None, st, pos, w, cw, w, w, 1e-6)
     assert not st.any(), "a rejected call wrote the state"
 
 
@@ -199,10 +210,30 @@ def test_rotary_ref_is_a_rotation():
     torch.testing.assert_close(y[2], x[2])  # 16 = 0 mod 16
 
 
+def test_ring_conv_state_ref_is_a_causal_conv():
+    """The references' ring state itself: stepping tokens one at a time from mixed start positions
+    (the ring wraps) gives F.conv1d over the zero-padded sequence, and the state ends as the last
+    k inputs."""
+    B, T, D, KC = 3, 9, 5, 4
+    x = torch.randn(B, T, D, dtype=torch.float64)
+    w, b = torch.randn(D, KC, dtype=torch.float64), torch.randn(D, dtype=torch.float64)
+    state = torch.zeros(B, KC, D, dtype=torch.float64)
+    pos = torch.tensor([0, 2, 7])
+    ys = []
+    for t in range(T):
+        window = ring_window(state, pos - 1)
+        ys.append(causal_conv1d_update_ref(x[:, t], window, w, b, silu=False))
+        ring_store(state, window, pos)
+        pos += 1
+    ref = F.conv1d(F.pad(x.transpose(1, 2), (KC - 1, 0)), w.unsqueeze(1), b, groups=D).transpose(1, 2)
+    torch.testing.assert_close(torch.stack(ys, 1), ref)
+    torch.testing.assert_close(ring_window(state, pos - 1), x[:, -KC:].transpose(1, 2))
+
+
 def test_ttt_step_inputs_errors(device):
     B, H, f, KC = 2, 2, 8, 4
     D = H * f
-    st = torch.zeros(B, D, KC, device=device)
+    st = torch.zeros(B, KC, D, device=device)
     w, b = torch.zeros(D, KC, device=device), torch.zeros(D, device=device)
     cos, sin = rotary_tables(f, 16, device)
     pos = torch.zeros(B, dtype=torch.int64, device=device)
@@ -257,18 +288,18 @@ def test_conv_prefill(dtype, rotary, f, device, poison_alloc):
     lengths = torch.tensor([70, 1, 2, 65], device=device)
     w1, b1, w2, b2 = (randn(*s, dtype=dtype, device=device, seed=i) * 0.5
                       for i, s in enumerate([(D, KC), (D,), (D, KC), (D,)]))
-    state = randn(B, D, KC, dtype=dtype, device=device, seed=10)
+    state = randn(B, KC, D, dtype=dtype, device=device, seed=10)
     state_ref = state.double()
     x = randn(B, T, 3 * D, dtype=dtype, device=device, seed=20)[:, :, D:2 * D]  # a slice, as xqk is
+    pos = torch.tensor([0, 7, 29, 3], device=device)
     if rotary:
         cos, sin = rotary_tables(f, period, device)
-        pos = torch.tensor([0, 7, 29, 3], device=device)
         out = qk_conv_rotary_prefill(x, state, w1, b1, w2, b2, cos, sin, pos, lengths, H)
         ref = qk_conv_rotary_prefill_ref(x.double(), state_ref, w1.double(), b1.double(), w2.double(), b2.double(),
                                          cos.double(), sin.double(), pos, lengths, H)
     else:
-        out = [causal_conv1d_prefill(x, state, w1, b1, lengths)]
-        ref = [causal_conv1d_prefill_ref(x.double(), state_ref, w1.double(), b1.double(), lengths)]
+        out = [causal_conv1d_prefill(x, state, w1, b1, pos, lengths)]
+        ref = [causal_conv1d_prefill_ref(x.double(), state_ref, w1.double(), b1.double(), pos, lengths)]
     for i, (y, y_ref) in enumerate(zip(out, ref)):
         assert y.dtype == dtype and y.shape == ((B, T, H, f) if rotary else (B, T, D))
         assert_close(y, y_ref, TOL[dtype], f"output {i}")
@@ -277,18 +308,20 @@ def test_conv_prefill(dtype, rotary, f, device, poison_alloc):
 
 def test_conv_prefill_errors(device):
     B, T, D, KC = 2, 5, 16, 4
-    st = torch.zeros(B, D, KC, device=device)
+    st = torch.zeros(B, KC, D, device=device)
     w, b = torch.zeros(D, KC, device=device), torch.zeros(D, device=device)
     n = torch.full((B,), T, device=device)
     x = torch.zeros(B, T, D, device=device)
     with pytest.raises(ValueError, match="state"):
-        causal_conv1d_prefill(x, st[:1], w, b, n)
+        causal_conv1d_prefill(x, st[:1], w, b, n, n)
     with pytest.raises(TypeError, match="state"):
-        causal_conv1d_prefill(x, st.half(), w, b, n)
+        causal_conv1d_prefill(x, st.half(), w, b, n, n)
     with pytest.raises(ValueError, match="lengths"):
-        causal_conv1d_prefill(x, st, w, b, n[:1])
+        causal_conv1d_prefill(x, st, w, b, n, n[:1])
+    with pytest.raises(ValueError, match="positions"):
+        causal_conv1d_prefill(x, st, w, b, n[:1], n)
     with pytest.raises(ValueError, match="unit channel stride"):
-        causal_conv1d_prefill(x.transpose(1, 2), st, w, b, n)
+        causal_conv1d_prefill(x.transpose(1, 2), st, w, b, n, n)
     cos, sin = rotary_tables(8, 16, device)
     with pytest.raises(ValueError, match="k_weight"):
         qk_conv_rotary_prefill(x, st, w, b, w[:, :2], b, cos, sin, n, n, 2)
@@ -297,7 +330,7 @@ def test_conv_prefill_errors(device):
     with pytest.raises(ValueError, match="period >= 1"):
         qk_conv_rotary_prefill(x, st, w, b, w, b, cos[:0], sin[:0], n, n, 2)
     with pytest.raises(TypeError, match="weight"):
-        causal_conv1d_prefill(x, st, w.long(), b, n)
+        causal_conv1d_prefill(x, st, w.long(), b, n, n)
     assert not st.any(), "a rejected call wrote the state"
     # a negative start position (unchecked here) reads the table's row pos mod period, as the decode step
     x = randn(B, T, D, dtype=torch.float32, device=device, seed=4)

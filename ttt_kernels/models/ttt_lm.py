@@ -27,7 +27,7 @@ from .config import TTTConfig
 
 @dataclass
 class TTTBlockCache:
-    pre_conv: torch.Tensor  # [B, D, k]: the pre-conv's last inputs
+    pre_conv: torch.Tensor  # [B, k, D]: the pre-conv's last inputs (a ring, see ops.conv_rotary)
     mixer: TTTLayerCache
 
     def tensors(self) -> list[torch.Tensor]:
@@ -48,7 +48,7 @@ class TTTBlock(nn.Module):
         self.mlp = SwiGLU(D, c.intermediate_size, **kw)
 
     def allocate_inference_cache(self, batch, state_dtype, act_dtype, positions) -> TTTBlockCache:
-        conv = torch.zeros(batch, self.pre_conv.in_channels, self.pre_conv.kernel_size[0], dtype=act_dtype,
+        conv = torch.zeros(batch, self.pre_conv.kernel_size[0], self.pre_conv.in_channels, dtype=act_dtype,
                            device=self.pre_conv.weight.device)
         return TTTBlockCache(conv, self.mixer.allocate_inference_cache(batch, state_dtype, act_dtype, positions))
 
@@ -63,8 +63,8 @@ class TTTBlock(nn.Module):
 
     def step(self, hidden, residual, cache: TTTBlockCache):
         fused = self.fused
-        h, residual = pre_conv_block_step(hidden, residual, cache.pre_conv, self.conv_norm, self.pre_conv,
-                                          self.seq_norm, fused)
+        h, residual = pre_conv_block_step(hidden, residual, cache.pre_conv, cache.mixer.positions, self.conv_norm,
+                                          self.pre_conv, self.seq_norm, fused)
         h = self.mixer.step_checked(h, cache.mixer)  # the model checked every layer's cache
         h, residual = self.ffn_norm(h, residual, prenorm=True, fused=fused)
         return self.mlp(h, fused=fused), residual
@@ -72,7 +72,7 @@ class TTTBlock(nn.Module):
     def prefill(self, hidden, residual, cache: TTTBlockCache, plan: PrefillPlan):
         fused = self.fused
         h, residual = self.conv_norm(hidden, residual, prenorm=True, fused=fused)
-        h = conv_prefill(h, cache.pre_conv, self.pre_conv, plan.lengths, fused=fused)
+        h = conv_prefill(h, cache.pre_conv, self.pre_conv, cache.mixer.positions, plan.lengths, fused=fused)
         h, residual = self.seq_norm(h, residual, prenorm=True, fused=fused)
         h = self.mixer.prefill_checked(h, cache.mixer, plan=plan)
         h, residual = self.ffn_norm(h, residual, prenorm=True, fused=fused)
@@ -128,7 +128,7 @@ class TTTLM(RecurrentLM):
         if not isinstance(c, TTTBlockCache):
             raise TypeError(f"a {type(c).__name__}, not a TTT block's cache")
         B, w = cache.batch_size, blk.pre_conv.weight
-        _check_tensor("pre_conv", c.pre_conv, (B, blk.pre_conv.in_channels, blk.pre_conv.kernel_size[0]),
+        _check_tensor("pre_conv", c.pre_conv, (B, blk.pre_conv.kernel_size[0], blk.pre_conv.in_channels),
                       (w.dtype,), w.device)
         blk.mixer.check_cache(c.mixer, B)
         if c.mixer.positions is not cache.positions:  # the model advances only its own

@@ -100,23 +100,25 @@ def get_inner_net(name: str) -> InnerNet:
 
 
 # ---------------------------------------------------------------- causal depthwise conv
-# Decode state layout as mamba-ssm's: ``[B, D, k]``, the last k inputs (the newest last).
+# Decode state: the last k inputs as a ring ``[B, k, D]``, position p's input in slot p mod k
+# (``ops.conv_rotary``: a step writes one slot instead of shifting k).
 
 def conv_weight(conv: nn.Conv1d) -> torch.Tensor:
     """A depthwise conv's weight as the ``[D, k]`` the conv steps take."""
     return conv.weight.view(conv.weight.shape[0], -1)
 
 
-def pre_conv_block_step(hidden, residual, state: torch.Tensor, norm: nn.Module, conv: nn.Conv1d, out_norm: nn.Module,
-                        fused: bool):
-    """A TTT block's first sub-block at decode: ``residual += hidden``, ``norm``, the causal
-    ``conv`` (stepping ``state [B, D, k]`` in place), ``residual += conv``, ``out_norm`` ->
+def pre_conv_block_step(hidden, residual, state: torch.Tensor, positions: torch.Tensor, norm: nn.Module,
+                        conv: nn.Conv1d, out_norm: nn.Module, fused: bool):
+    """A TTT block's first sub-block at decode, the tokens at ``positions``: ``residual += hidden``,
+    ``norm``, the causal ``conv`` (stepping ``state [B, k, D]`` in place), ``residual += conv``, ``out_norm`` ->
     ``(normed, residual)``. No host sync: graph-safe. ``fused``: one Triton launch
     (``ops.conv_rotary.pre_conv_step``), else its PyTorch reference."""
     if out_norm.eps != norm.eps:
         raise ValueError(f"the two norms must share eps, got {norm.eps} and {out_norm.eps}")
     fn = _fused_pre_conv_step if fused else pre_conv_step_ref
-    return fn(hidden, residual, state, norm.weight, conv_weight(conv), conv.bias, out_norm.weight, norm.eps)
+    return fn(hidden, residual, state, positions, norm.weight, conv_weight(conv), conv.bias, out_norm.weight,
+              norm.eps)
 
 
 # The fused decode pieces stay outside torch.compile: their launchers check arguments in Python.
@@ -125,13 +127,13 @@ _fused_ttt_step_inputs = torch.compiler.disable(ttt_step_inputs)
 _fused_gated_layer_norm = torch.compiler.disable(gated_layer_norm)
 
 
-def conv_prefill(x: torch.Tensor, state: torch.Tensor, conv: nn.Conv1d, lengths: torch.Tensor,
-                 fused: bool) -> torch.Tensor:
-    """Whole prompts ``x [B, T, D]`` through a causal depthwise conv continuing from ``state``
-    (left holding each sequence's last inputs up to token ``lengths[b] - 1``) -> ``conv + bias``
-    ``[B, T, D]`` in ``x``'s dtype. ``fused``: the Triton kernel of ``ops.conv_rotary``."""
+def conv_prefill(x: torch.Tensor, state: torch.Tensor, conv: nn.Conv1d, positions: torch.Tensor,
+                 lengths: torch.Tensor, fused: bool) -> torch.Tensor:
+    """Whole prompts ``x [B, T, D]`` from ``positions`` through a causal depthwise conv continuing
+    from ``state`` (left holding each sequence's last inputs up to token ``lengths[b] - 1``) ->
+    ``conv + bias`` ``[B, T, D]`` in ``x``'s dtype. ``fused``: the Triton kernel of ``ops.conv_rotary``."""
     fn = causal_conv1d_prefill if fused else causal_conv1d_prefill_ref
-    return fn(x, state, conv_weight(conv), conv.bias, lengths)
+    return fn(x, state, conv_weight(conv), conv.bias, positions, lengths)
 
 
 # ---------------------------------------------------------------- the mixer
@@ -139,7 +141,7 @@ def conv_prefill(x: torch.Tensor, state: torch.Tensor, conv: nn.Conv1d, lengths:
 @dataclass
 class TTTLayerCache:
     ttt: TTTDualState | TTTPrimalState
-    # [B, D, k]: the last k inputs of the q and k convs (they convolve the same xqk)
+    # [B, k, D]: the last k inputs of the q and k convs (they convolve the same xqk), a ring
     qk_conv: torch.Tensor
     # [B] int64: each sequence's absolute position. Shared with (and advanced by) the model's
     # cache: the layer reads it and never advances it.
@@ -219,7 +221,7 @@ class TTTLayer(nn.Module):
         else:
             ttt = TTTPrimalState.from_params(params, batch, state_dtype)
         dev = self.in_proj.weight.device
-        qk_conv = torch.zeros(batch, self.hidden_size, self.conv_kernel, dtype=act_dtype, device=dev)
+        qk_conv = torch.zeros(batch, self.conv_kernel, self.hidden_size, dtype=act_dtype, device=dev)
         if positions is None:
             positions = torch.zeros(batch, dtype=torch.int64, device=dev)
         return TTTLayerCache(ttt, qk_conv, positions)
@@ -237,7 +239,7 @@ class TTTLayer(nn.Module):
         dev, act = self.in_proj.weight.device, self.in_proj.weight.dtype
         check_state(self.inner, form, ttt, batch, self.num_heads, self.head_dim, self.mini_batch, act, dev,
                     float64_ok=not self.spec.kernel)
-        _check_tensor("cache.qk_conv", cache.qk_conv, (batch, self.hidden_size, self.conv_kernel), (act,), dev)
+        _check_tensor("cache.qk_conv", cache.qk_conv, (batch, self.conv_kernel, self.hidden_size), (act,), dev)
         _check_tensor("cache.positions", cache.positions, (batch,), (torch.int32, torch.int64), dev)
 
     def _check_call(self, x: torch.Tensor, cache: TTTLayerCache, dims: int) -> None:

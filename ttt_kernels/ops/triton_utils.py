@@ -197,6 +197,23 @@ def store_cache_row(kc_ptr, vc_ptr, lrc_ptr, bh, t, k, v, lr, cols, cm, F: tl.co
 
 
 @triton.jit
+def pos_mod(p, K: tl.constexpr):
+    """``p mod K`` in ``0..K-1`` for a negative ``p`` too (``%`` keeps the sign): a ring conv
+    state's slot of position ``p``, a rotary table's row."""
+    s = p % K
+    return tl.where(s < 0, s + K, s)
+
+
+@triton.jit
+def ring_tap(cs_ptr, p, i: tl.constexpr, d, dm, dim, K: tl.constexpr):
+    """Tap ``i`` (0 the oldest) of a conv window ending at position ``p``, for channels ``d``
+    (mask ``dm``) of one sequence's ring state ``cs_ptr [K, dim]``: the input of position
+    ``p - K + 1 + i``, in fp32. The TTT block's convs keep their state as a ring, so a step
+    writes one slot (``dim`` values) instead of shifting all K."""
+    return tl.load(cs_ptr + pos_mod(p - (K - 1) + i, K) * dim + d, mask=dm, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def conv_state_shift(x, cs_ptr, d, dm, K: tl.constexpr, KP: tl.constexpr):
     """Shifts the new inputs ``x`` of channels ``d`` (mask ``dm``) into one sequence's depthwise
     conv state ``cs_ptr [dim, K]`` (the newest last) in place; returns the new window ``[d, KP]``
