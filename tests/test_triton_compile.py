@@ -8,7 +8,7 @@ compile-only stand-in (``utils.offline_compile``), in a subprocess without ``TRI
 its shared memory is held to what one H100 CTA may have; none but the known cases
 (``known_give_up``) may have been compiled the way ptxas compiles what it cannot fit (32
 registers and a stack of spills). Every launch must ask for FMA contraction itself
-(``triton_utils.FP_FUSION``).
+(``triton_utils.FP_FUSION``, which ``pdl_options`` includes).
 """
 
 import os

@@ -24,7 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import FP_FUSION, MAX_ROW_DIM, on_input_device, pos_mod, ring_tap, rms_norm_row, row_warps
+from ..triton_utils import (MAX_ROW_DIM, on_input_device, pdl_options, pos_mod, ring_tap, rms_norm_row, row_warps,
+                            wait_for_prior_kernel)
 from ..ttt_state import ACT_DTYPES, _check_tensor
 
 
@@ -57,9 +58,10 @@ def _ttt_step_inputs_kernel(x_ptr, stride_x, v_ptr, stride_v, logit_ptr, stride_
                             cs_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr, pos_ptr,
                             q_ptr, k_ptr, v_out_ptr, lr_ptr, H, dim,
                             F: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr, G: tl.constexpr,
-                            KC: tl.constexpr, PERIOD: tl.constexpr):
+                            KC: tl.constexpr, PERIOD: tl.constexpr, PDL: tl.constexpr):
     """Program (sequence, group of G heads). Element e: head ``G * group + e // BLOCK``, its pair
     channel ``e % BLOCK`` (BLOCK = HALF rounded up to a power of two)."""
+    wait_for_prior_kernel(PDL)
     b = tl.program_id(0).to(tl.int64)
     e = tl.arange(0, G * BLOCK)
     h = tl.program_id(1) * G + e // BLOCK
@@ -146,13 +148,15 @@ def ttt_step_inputs(xqk, v, lr_logit, conv_state, q_weight, q_bias, k_weight, k_
         xqk, xqk.stride(0), v, v.stride(0), lr_logit, lr_logit.stride(0), lr_bias, float(lr_scale),
         conv_state, q_weight, q_bias, k_weight, k_bias, cos, sin, positions, q, k, v_heads, lr, H, D,
         F=f, HALF=f // 2, BLOCK=triton.next_power_of_2(f // 2), G=G, KC=KC, PERIOD=period, num_warps=2,
-        **FP_FUSION)
+        **pdl_options(dev))
     return q, k, v_heads, lr
 
 
 @triton.jit
 def _pre_conv_step_kernel(x_ptr, stride_x, res_ptr, stride_r, cs_ptr, pos_ptr, nw_ptr, cw_ptr, cb_ptr, ow_ptr, y_ptr,
-                          res_out_ptr, dim, eps, HAS_RES: tl.constexpr, BLOCK: tl.constexpr, KC: tl.constexpr):
+                          res_out_ptr, dim, eps, HAS_RES: tl.constexpr, BLOCK: tl.constexpr, KC: tl.constexpr,
+                          PDL: tl.constexpr):
+    wait_for_prior_kernel(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     m = cols < dim
@@ -212,5 +216,5 @@ def pre_conv_step(hidden, residual, conv_state, positions, norm_weight, conv_wei
             conv_bias, out_norm_weight, y, res, D, eps, HAS_RES=residual is not None,
             BLOCK=triton.next_power_of_2(D), KC=KC,
             # twice a norm kernel's warps (H100, ttt-1b's sizes at B=512: 14.1 -> 11.0 us)
-            num_warps=min(16, 2 * row_warps(D)), **FP_FUSION)
+            num_warps=min(16, 2 * row_warps(D)), **pdl_options(dev))
     return y, res

@@ -13,13 +13,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import FP_FUSION, MAX_ROW_DIM, gelu_tanh, on_input_device, rms_norm_row, row_warps
+from ..triton_utils import (MAX_ROW_DIM, gelu_tanh, on_input_device, pdl_options, rms_norm_row, row_warps,
+                            wait_for_prior_kernel)
 from ..ttt_state import ACT_DTYPES
 
 
 @triton.jit
 def _add_rms_norm_kernel(x_ptr, stride_x, res_ptr, stride_r, w_ptr, y_ptr, res_out_ptr, dim, eps,
-                         HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+                         HAS_RES: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    wait_for_prior_kernel(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     m = cols < dim
@@ -32,7 +34,8 @@ def _add_rms_norm_kernel(x_ptr, stride_x, res_ptr, stride_r, w_ptr, y_ptr, res_o
 
 @triton.jit
 def _gated_layer_norm_kernel(z_ptr, stride_z, g_ptr, stride_g, w_ptr, b_ptr, y_ptr, dim, eps,
-                             BLOCK: tl.constexpr):
+                             BLOCK: tl.constexpr, PDL: tl.constexpr):
+    wait_for_prior_kernel(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     m = cols < dim
@@ -48,7 +51,8 @@ def _gated_layer_norm_kernel(z_ptr, stride_z, g_ptr, stride_g, w_ptr, b_ptr, y_p
 
 
 @triton.jit
-def _silu_mul_kernel(x_ptr, stride_x, y_ptr, dim, BLOCK: tl.constexpr):
+def _silu_mul_kernel(x_ptr, stride_x, y_ptr, dim, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    wait_for_prior_kernel(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     m = cols < dim
@@ -99,7 +103,7 @@ def add_rms_norm(x, residual, weight, eps):
         _add_rms_norm_kernel[(x2.shape[0],)](
             x2, x2.stride(0), r2 if residual is not None else x2, r2.stride(0) if residual is not None else 0,
             weight, y, res, dim, eps, HAS_RES=residual is not None, BLOCK=triton.next_power_of_2(dim),
-            num_warps=row_warps(dim), **FP_FUSION)
+            num_warps=row_warps(dim), **pdl_options(y.device))
     return y, res
 
 
@@ -116,7 +120,7 @@ def gated_layer_norm(z, gate, weight, bias, eps):
     if z2.shape[0]:
         _gated_layer_norm_kernel[(z2.shape[0],)](z2, z2.stride(0), g2, g2.stride(0), weight, bias, y, dim, eps,
                                                  BLOCK=triton.next_power_of_2(dim), num_warps=row_warps(dim),
-                                                 **FP_FUSION)
+                                                 **pdl_options(y.device))
     return y
 
 
@@ -134,5 +138,5 @@ def silu_mul(gate_up):
     y = torch.empty((*gate_up.shape[:-1], dim), dtype=gate_up.dtype, device=gate_up.device)
     if x2.shape[0]:
         _silu_mul_kernel[(x2.shape[0],)](x2, x2.stride(0), y, dim, BLOCK=triton.next_power_of_2(dim),
-                                         num_warps=row_warps(dim), **FP_FUSION)
+                                         num_warps=row_warps(dim), **pdl_options(y.device))
     return y

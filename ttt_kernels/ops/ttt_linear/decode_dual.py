@@ -13,8 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import (FP_FUSION, as_row, dot_config, dual_row, layer_norm_rows, ln_l2_grad_rows,
-                            load_minibatch_rows, load_token, on_input_device, store_cache_row)
+from ..triton_utils import (as_row, dot_config, dual_row, layer_norm_rows, ln_l2_grad_rows, load_minibatch_rows,
+                            load_token, on_input_device, pdl_options, store_cache_row, wait_for_prior_kernel)
 from ..ttt_state import TTTDualState, check_decode_args, check_kernel_sizes
 
 
@@ -23,8 +23,9 @@ def ttt_linear_decode_dual_kernel(
     q_ptr, k_ptr, v_ptr, lr_ptr, pos_ptr, ln_w_ptr, ln_b_ptr, tib_ptr, out_ptr,
     W_ptr, b_ptr, kc_ptr, vc_ptr, lrc_ptr,
     H: tl.constexpr, F: tl.constexpr, BF: tl.constexpr, K: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_for_prior_kernel(PDL)
     bh = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B*H*f*4f overflows int32
     cols = tl.arange(0, BF)
     cm = cols < F  # real features (f = 96 runs in a 128-wide block)
@@ -104,6 +105,7 @@ def ttt_linear_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias,
     ttt_linear_decode_dual_kernel[(B * H,)](
         q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, out,
         W, b, state.k_cache, state.v_cache, state.lr_cache,
-        H=H, F=f, BF=BF, K=K, DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec, **_launch_config(f, W.dtype), **FP_FUSION,
+        H=H, F=f, BF=BF, K=K, DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec, **_launch_config(f, W.dtype),
+        **pdl_options(out.device),
     )
     return out

@@ -28,9 +28,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import (FP_FUSION, as_row, dot_config, dual_row, fast_tanh, gelu_tanh, gelu_tanh_and_grad,
-                            layer_norm_rows, ln_l2_grad_rows, load_minibatch_rows, load_token, on_input_device,
-                            store_cache_row)
+from ..triton_utils import (as_row, dot_config, dual_row, fast_tanh, gelu_tanh, gelu_tanh_and_grad, layer_norm_rows,
+                            ln_l2_grad_rows, load_minibatch_rows, load_token, on_input_device, pdl_options,
+                            store_cache_row, wait_for_prior_kernel)
 from ..ttt_state import TTTDualState, check_decode_args, check_kernel_sizes
 
 
@@ -181,7 +181,9 @@ def ttt_mlp_decode_dual_kernel(
     W1_ptr, b1_ptr, W2_ptr, b2_ptr, kc_ptr, vc_ptr, lrc_ptr,
     H: tl.constexpr, F: tl.constexpr, BF: tl.constexpr, FH: tl.constexpr, BH: tl.constexpr, K: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr, FAST_TANH: tl.constexpr, TRANSPOSED: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_prior_kernel(PDL)
     bh = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B*H*f*4f overflows int32
     cols = tl.arange(0, BF)
     cm = cols < F  # real features (f = 96 runs in a 128-wide block)
@@ -245,6 +247,6 @@ def ttt_mlp_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, st
         q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, out,
         W1, b1, W2, b2, state.k_cache, state.v_cache, state.lr_cache,
         H=H, F=f, BF=BF, FH=FH, BH=BH, K=K, DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec, FAST_TANH=fast_tanh(W1.dtype),
-        TRANSPOSED=transposed, num_warps=4, **opts, **FP_FUSION,
+        TRANSPOSED=transposed, num_warps=4, **opts, **pdl_options(out.device),
     )
     return out
