@@ -37,6 +37,8 @@ def compile_launches(report, arch: int = 90):
         # Triton's own binder, as its launcher on a GPU: the signature, the constexprs and the
         # specialization attributes (16-byte aligned pointers, ints divisible by 16), without which
         # the compiler vectorizes less and reports very different registers and spills
+        if "launch_pdl" in kwargs:  # a pdl_options launch, as it is made on the target (CPU tensors say off)
+            kwargs["PDL"] = kwargs["launch_pdl"] = arch >= 90
         if self not in binders:
             binders[self] = create_function_from_signature(self.signature, self.params, backend)
         bound, specialization, _ = binders[self](*args, **kwargs)
