@@ -92,6 +92,12 @@ def _ttt_step_inputs_kernel(x_ptr, stride_x, v_ptr, stride_v, logit_ptr, stride_
     tl.store(lr_ptr + b * H + h, lr_scale * tl.sigmoid(logit), mask=lm)
 
 
+def ring_length(conv_state) -> int:
+    """The taps k of a ring conv state ``[B, k, D]``; 0 for anything else, so that the shape check
+    that follows names the argument."""
+    return conv_state.shape[1] if isinstance(conv_state, torch.Tensor) and conv_state.dim() == 3 else 0
+
+
 def check_heads_and_rotary(D: int, num_heads: int, cos, sin, device) -> tuple[int, int]:
     """``D`` channels as ``num_heads`` heads of an even dim ``f`` and the rotary tables ``cos, sin
     [period, f/2]`` fp32 (``period >= 1``: positions are taken modulo it) -> ``(f, period)``."""
@@ -123,7 +129,7 @@ def ttt_step_inputs(xqk, v, lr_logit, conv_state, q_weight, q_bias, k_weight, k_
         raise ValueError(f"xqk must be a [B, D] tensor with unit column stride, got {getattr(xqk, 'shape', xqk)}")
     B, D = xqk.shape
     H = num_heads
-    dev, KC = xqk.device, conv_state.shape[1] if isinstance(conv_state, torch.Tensor) and conv_state.dim() == 3 else 0
+    dev, KC = xqk.device, ring_length(conv_state)
     f, period = check_heads_and_rotary(D, H, cos, sin, dev)
     _check_tensor("xqk", xqk, (B, D), ACT_DTYPES, dev, contiguous=False)
     _check_tensor("v", v, (B, D), (xqk.dtype,), dev, contiguous=False)
@@ -195,8 +201,7 @@ def pre_conv_step(hidden, residual, conv_state, positions, norm_weight, conv_wei
     B, D = hidden.shape
     if D > MAX_ROW_DIM:
         raise ValueError(f"hidden: D = {D} exceeds {MAX_ROW_DIM}")
-    dev = hidden.device
-    KC = conv_state.shape[1] if isinstance(conv_state, torch.Tensor) and conv_state.dim() == 3 else 0
+    dev, KC = hidden.device, ring_length(conv_state)
     _check_tensor("hidden", hidden, (B, D), ACT_DTYPES, dev, contiguous=False)
     if residual is not None:
         _check_tensor("residual", residual, (B, D), (torch.float32,), dev, contiguous=False)

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from ..triton_utils import FP_FUSION, on_input_device, pos_mod
 from ..ttt_state import ACT_DTYPES, _check_tensor
-from .decode import check_heads_and_rotary
+from .decode import check_heads_and_rotary, ring_length
 
 
 @triton.jit
@@ -95,8 +95,7 @@ def _launch(x, state, weight, bias, positions, lengths, out, rotary=None, num_he
         period = cos.shape[0]
     grid = (B, triton.cdiv(T, 64), triton.cdiv(D, 2 * half))
     _conv_prefill_kernel[grid](x, x.stride(0), x.stride(1), state, weight, bias, lengths, out, T, D, cos, sin,
-                               positions,
-                               HALF=half, BH=triton.next_power_of_2(half), BT=64, KC=KC,
+                               positions, HALF=half, BH=triton.next_power_of_2(half), BT=64, KC=KC,
                                KP=triton.next_power_of_2(KC), ROTARY=rotary is not None, PERIOD=period,
                                WRITE_STATE=write_state, num_warps=4, **FP_FUSION)
     return out
@@ -110,7 +109,7 @@ def _check(x, positions, lengths, state, convs, x_name="x", state_name="state"):
                          f"got {getattr(x, 'shape', x)}")
     B, T, D = x.shape
     _check_tensor(x_name, x, (B, T, D), ACT_DTYPES, x.device, contiguous=False)
-    KC = state.shape[1] if isinstance(state, torch.Tensor) and state.dim() == 3 else 0
+    KC = ring_length(state)
     _check_tensor(state_name, state, (B, KC, D), (x.dtype,), x.device)
     for weight, bias, prefix in convs:
         _check_tensor(prefix + "weight", weight, (D, KC), ACT_DTYPES, x.device)
