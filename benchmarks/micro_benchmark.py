@@ -266,15 +266,17 @@ class TTTBench(Bench):
             self.batch = B
         return self.tokens, self.pos
 
-    def state(self, kind, B):
+    def state(self, line_base, B):
+        from ttt_kernels.ops.ttt_mlp import w1_hidden_major
         from ttt_kernels.ops.ttt_state import TTTDualState, TTTPrimalState
         H, f = self.H, self.f
-        if kind == "primal":
+        if line_base == "primal":
             st = TTTPrimalState.from_params(self.params, B, self.sdt)
             for g in st.grads:
                 g.normal_(0.0, 0.01, generator=self.gen)
-        else:  # random cache rows: valid at any position
-            st = TTTDualState.from_params(self.params, B, K, self.sdt, self.adt)
+        else:  # random cache rows: valid at any position; W1 laid out as the model lays it out for the line
+            hidden_major = line_base == "dual" and self.args.inner_net == "mlp_2" and w1_hidden_major(self.sdt, f)
+            st = TTTDualState.from_params(self.params, B, K, self.sdt, self.adt, hidden_major)
             st.k_cache.normal_(generator=self.gen)
             st.v_cache.normal_(generator=self.gen)
             st.lr_cache.copy_(random_lr(B, H * K, f, DEVICE, self.gen).view(B, H, K))
@@ -283,7 +285,7 @@ class TTTBench(Bench):
     def steps(self, line, B):
         base, fn = line.removesuffix(" CG"), self.op(line)
         tokens, pos = self.inputs(B)
-        st = self.state("primal" if base == "primal" else "dual", B)
+        st = self.state(base, B)
         if base in self.kernel_lines:
             def step(i):
                 fn(*tokens[i], pos[i], *self.ln, st, out=self.out, check_positions=False)

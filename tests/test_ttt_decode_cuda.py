@@ -155,6 +155,21 @@ def test_cuda_op_rejects_bad_arguments_like_triton(inner_net):
         CUDA_OPS[inner_net](q, k, v.float(), lr, torch.tensor([3, 20]), ln_w, ln_b, tib, state)
 
 
+def test_cuda_mlp_rejects_hidden_major_w1():
+    """The CUDA kernels read W1 row-major: a state allocated hidden-major for the Triton kernel is
+    refused with a clear error before anything is written, on any machine, and the CUDA prefill
+    says it does not take it (the layer then prefills with the Triton kernel)."""
+    gen = torch.Generator().manual_seed(25)
+    params, ln_w, ln_b, tib = random_layer("mlp_2", 2, 64, K, gen=gen)
+    state = random_dual_state(params, 2, K, F16, F16, gen=gen, w1_hidden_major=True)
+    q, k, v, lr = random_token(2, 2, 64, F16, gen=gen)
+    before = [x.clone() for x in state.tensors()]
+    with pytest.raises(ValueError, match="reads W1 row-major"):
+        ttt_mlp_decode_dual_cuda(q, k, v, lr, torch.tensor([3, 20]), ln_w.float(), ln_b.float(), tib.float(), state)
+    assert all(torch.equal(x, x0) for x, x0 in zip(state.tensors(), before))
+    assert "row-major" in cuda_prefill_supported(q[:, None], k[:, None], v[:, None], state)
+
+
 @pytest.mark.skipif(torch.version.cuda is not None, reason="this torch is a CUDA build")
 def test_setup_skips_the_extension_with_cpu_torch():
     setup = runpy.run_path(str(ROOT / "setup.py"), run_name="ttt_kernels_setup")

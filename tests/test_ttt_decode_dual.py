@@ -18,17 +18,19 @@ DTYPES = [(F32, F32), (F16, F16), (BF16, BF16), (F32, F16)]
 F32_TIGHT = 1e-5
 
 
-def run_against_reference(inner_net, B, H, f, state_dtype, act_dtype, pos, steps, device, seed, weight_scale=1.0):
+def run_against_reference(inner_net, B, H, f, state_dtype, act_dtype, pos, steps, device, seed, weight_scale=1.0,
+                          w1_hidden_major=False):
     """``steps`` decode steps from positions ``pos`` vs the float64 reference (outputs poisoned, stale
     cache rows NaN); ``weight_scale`` scales the inner net's start weights (small: z's variance
-    near the LayerNorm's eps)."""
+    near the LayerNorm's eps); ``w1_hidden_major``: the ``mlp_2`` state's W1 layout."""
     gen = torch.Generator().manual_seed(seed)
     K = 16
     params, ln_w, ln_b, tib = random_layer(inner_net, H, f, K, gen=gen)
     tib[3] = -0.5  # eta_3 = max(0, 1/4 - 0.5) = 0: the clamp is exercised
     params = [p * weight_scale for p in params]
     params, ln_w, ln_b, tib = [p.to(device) for p in params], ln_w.to(device), ln_b.to(device), tib.to(device)
-    state = random_dual_state(params, B, K, state_dtype, act_dtype, gen=gen)
+    state = random_dual_state(params, B, K, state_dtype, act_dtype, gen=gen, w1_hidden_major=w1_hidden_major)
+    assert state.weights[0].is_contiguous() != w1_hidden_major
     ref_state = to_float64(state)  # the reference runs in float64 on the same device
     stale = torch.arange(K) >= (pos % K)[:, None]  # [B, K]: rows j >= t are not part of the step
     for cache in (state.k_cache, state.v_cache, state.lr_cache):  # NaN there must not leak
@@ -64,6 +66,14 @@ def test_dual_kernel_matches_reference(inner_net, state_dtype, act_dtype, device
     run_against_reference(inner_net, 4, 2, 64, state_dtype, act_dtype, pos, 40, device, seed=10)
 
 
+@pytest.mark.parametrize("state_dtype,act_dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_mlp_dual_kernel_hidden_major_w1(state_dtype, act_dtype, device):
+    # W1 stored [4f, f] (what the model allocates for the transposed form): both kernel forms
+    # index it through its strides, the update writes it back in place
+    pos = torch.tensor([0, 7, 15, 37])
+    run_against_reference("mlp_2", 4, 2, 64, state_dtype, act_dtype, pos, 40, device, seed=14, w1_hidden_major=True)
+
+
 @pytest.mark.parametrize("inner_net", ["mlp_1", "mlp_2"])
 def test_dual_kernel_small_activations(inner_net, device):
     # start weights scaled by 1e-3: z_bar's variance is near the LayerNorm's eps (1e-6), which
@@ -80,9 +90,11 @@ def test_dual_kernel_padded_head_dim(inner_net, state_dtype, act_dtype, device):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("inner_net", ["mlp_1", "mlp_2"])
+@pytest.mark.parametrize("inner_net,hidden_major", [("mlp_1", False), ("mlp_2", False), ("mlp_2", True)],
+                         ids=["mlp_1", "mlp_2", "mlp_2-hidden_major_w1"])
 @pytest.mark.parametrize("f", [64, 128])
-def test_dual_kernel_1b_sizes(inner_net, f):
+def test_dual_kernel_1b_sizes(inner_net, hidden_major, f):
     B = 512 if f == 64 else 64
     pos = torch.arange(B) * 7 % 100  # every phase of the mini-batch
-    run_against_reference(inner_net, B, 32 if f == 64 else 16, f, F16, F16, pos, 40, "cuda", seed=12)
+    run_against_reference(inner_net, B, 32 if f == 64 else 16, f, F16, F16, pos, 40, "cuda", seed=12,
+                          w1_hidden_major=hidden_major)

@@ -20,7 +20,7 @@ from ttt_kernels.ops import cuda_backend
 from ttt_kernels.utils.generation import DecodeStep, InferenceCache, generate, prefill_plan
 
 KERNEL_NETS = [n for n in INNER_NETS if get_inner_net(n).kernel]  # Triton and CUDA
-F32 = torch.float32
+F32, F16 = torch.float32, torch.float16
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -116,6 +116,30 @@ def test_inner_net_matches_reference_path(inner_net, device):
         for c, rc in zip(cache.layers, ref_cache.layers):
             for t, rt in zip(c.mixer.ttt.tensors(), rc.mixer.ttt.tensors()):
                 assert rel_err(t, rt) < 1e-4
+
+
+def test_triton_mlp_state_w1_layout_follows_the_kernel(device):
+    """mlp_2_dual_triton keeps W1 hidden-major where its transposed form runs (a 16-bit state at
+    f <= 64), row-major elsewhere and for the other inner nets; with a float16 state the model
+    then matches the reference path (prefill through the Triton prefill kernel, 20 steps with a
+    mini-batch boundary)."""
+    ref_model = tiny_model("mlp_2_dual", device=device)
+    model = with_inner_net(ref_model, "mlp_2_dual_triton")
+    for m, dtype, hidden_major in ((model, F16, True), (model, F32, False), (ref_model, F16, False),
+                                   (with_inner_net(ref_model, "mlp_2_dual_cuda"), F16, False)):
+        W1 = m.allocate_inference_cache(1, state_dtype=dtype).layers[0].mixer.ttt.weights[0]
+        assert W1.is_contiguous() != hidden_major and W1.transpose(-1, -2).is_contiguous() == hidden_major
+    B = 2
+    prompt = torch.randint(0, 512, (B, 6), generator=torch.Generator().manual_seed(3)).to(device)
+    cache, ref_cache = model.allocate_inference_cache(B, F16), ref_model.allocate_inference_cache(B, F16)
+    logits, ref_logits = model.prefill(prompt, cache, [6, 3]), ref_model.prefill(prompt, ref_cache, [6, 3])
+    for _ in range(20):
+        assert rel_err(logits, ref_logits) < 1e-2
+        ids = ref_logits.argmax(-1)
+        logits, ref_logits = model.step(ids, cache), ref_model.step(ids, ref_cache)
+    for c, rc in zip(cache.layers, ref_cache.layers):
+        for t, rt in zip(c.mixer.ttt.tensors(), rc.mixer.ttt.tensors()):
+            assert rel_err(t, rt) < 1e-2
 
 
 # ------------------------------------------------------------------ prefill == token-by-token decode

@@ -30,10 +30,10 @@ def random_token(B, H, f, dtype, device="cpu", gen=None):
     return q, k, v, lr
 
 
-def random_dual_state(params, B, K, state_dtype, act_dtype, gen=None) -> TTTDualState:
+def random_dual_state(params, B, K, state_dtype, act_dtype, gen=None, w1_hidden_major=False) -> TTTDualState:
     """A dual state with random cache rows: valid for a sequence at any position
     (rows j < t are its mini-batch so far, the rest are ignored)."""
-    st = TTTDualState.from_params(params, B, K, state_dtype, act_dtype)
+    st = TTTDualState.from_params(params, B, K, state_dtype, act_dtype, w1_hidden_major)
     shape = st.k_cache.shape
     st.k_cache.copy_(torch.randn(shape, generator=gen, dtype=torch.float64))
     st.v_cache.copy_(torch.randn(shape, generator=gen, dtype=torch.float64))

@@ -32,6 +32,7 @@ from ..ops.conv_rotary import (causal_conv1d_prefill, causal_conv1d_prefill_ref,
                                qk_conv_rotary_prefill, qk_conv_rotary_prefill_ref, ttt_lr_ref, ttt_step_inputs,
                                ttt_step_inputs_ref)
 from ..ops.norm import gated_layer_norm, gated_layer_norm_ref
+from ..ops.ttt_mlp import w1_hidden_major
 from ..ops.ttt_state import (STATE_DTYPES, TTTDualState, TTTPrimalState, _check_tensor, check_kernel_sizes,
                               check_module_input, check_state, inner_net_shapes)
 from ..utils.generation import PrefillPlan, prefill_plan
@@ -47,6 +48,8 @@ class InnerNet:
     fn: str
     kernel: bool  # a fused kernel: takes check_positions=, stays outside torch.compile
     cuda: bool = False  # the hand-written CUDA kernels (their prefill too, where it covers the shape)
+    # W1 stored hidden-major where ttt_kernels.ops.ttt_mlp.w1_hidden_major says the op reads it faster
+    hidden_major_w1: bool = False
 
     def load(self):
         try:
@@ -63,7 +66,8 @@ INNER_NETS = {
     "mlp_2_primal": InnerNet("mlp_2", "primal", "ttt_kernels.ops.ttt_mlp", "ttt_mlp_decode_primal_ref", False),
     # Triton kernels: this project's dual form, and the original algorithm as the baseline
     "mlp_1_dual_triton": InnerNet("mlp_1", "dual", "ttt_kernels.ops.ttt_linear", "ttt_linear_decode_dual", True),
-    "mlp_2_dual_triton": InnerNet("mlp_2", "dual", "ttt_kernels.ops.ttt_mlp", "ttt_mlp_decode_dual", True),
+    "mlp_2_dual_triton": InnerNet("mlp_2", "dual", "ttt_kernels.ops.ttt_mlp", "ttt_mlp_decode_dual", True,
+                                  hidden_major_w1=True),
     "mlp_1_primal_triton": InnerNet("mlp_1", "primal", "ttt_kernels.ops.ttt_linear", "ttt_linear_decode_primal", True),
     "mlp_2_primal_triton": InnerNet("mlp_2", "primal", "ttt_kernels.ops.ttt_mlp", "ttt_mlp_decode_primal", True),
     # hand-written CUDA (ttt_kernels._C), the Triton dual kernels' semantics and state layout
@@ -217,7 +221,8 @@ class TTTLayer(nn.Module):
             raise TypeError(f"{self.inner_net} runs states in {[str(d) for d in dtypes]}, got {state_dtype}")
         params = [p.detach() for p in self.inner_params()]
         if self.spec.form == "dual":
-            ttt = TTTDualState.from_params(params, batch, self.mini_batch, state_dtype, act_dtype)
+            hidden_major = self.spec.hidden_major_w1 and w1_hidden_major(state_dtype, self.head_dim)
+            ttt = TTTDualState.from_params(params, batch, self.mini_batch, state_dtype, act_dtype, hidden_major)
         else:
             ttt = TTTPrimalState.from_params(params, batch, state_dtype)
         dev = self.in_proj.weight.device

@@ -55,9 +55,16 @@ class TTTDualState:
 
     @classmethod
     def from_params(cls, params, batch: int, mini_batch: int, state_dtype: torch.dtype,
-                    act_dtype: torch.dtype) -> "TTTDualState":
-        """State for ``batch`` fresh sequences from per-head params (``[H, ...]`` each)."""
+                    act_dtype: torch.dtype, w1_hidden_major: bool = False) -> "TTTDualState":
+        """State for ``batch`` fresh sequences from per-head params (``[H, ...]`` each).
+        ``w1_hidden_major`` (``mlp_2``): ``weights[0]`` is then the ``[B, H, f, 4f]`` transposed view
+        of contiguous ``[B, H, 4f, f]`` storage, the layout the Triton TTT-MLP kernels read fastest
+        (``ttt_kernels.ops.ttt_mlp.decode_dual.w1_hidden_major``)."""
         weights = _expand_params(params, batch, state_dtype)
+        if w1_hidden_major:
+            if len(weights) != 4:
+                raise ValueError("w1_hidden_major applies to mlp_2 states (W1, b1, W2, b2)")
+            weights[0] = weights[0].transpose(-1, -2).contiguous().transpose(-1, -2)
         H, f = params[-1].shape
         dev = params[0].device
         return cls(weights,
@@ -147,7 +154,8 @@ def check_state(inner_net: str, state_type: type, state, B: int, H: int, f: int,
                 device: torch.device, float64_ok: bool = False) -> list[tuple[str, torch.Tensor]]:
     """That ``state`` is a ``state_type`` for ``B`` sequences of ``H`` heads of dim ``f``, mini-batch
     ``K`` and activations in ``act_dtype``, on ``device``: shapes, one state dtype (``float64_ok``:
-    float64 too, for the references), contiguous tensors that share no memory. Returns them named."""
+    float64 too, for the references), contiguous tensors (a dual ``mlp_2`` W1 may be hidden-major
+    instead) that share no memory. Returns them named."""
     if not isinstance(state, state_type):
         raise TypeError(f"state must be a {state_type.__name__}, got {type(state).__name__}")
     named = _named_tensors(state)
@@ -172,7 +180,11 @@ def check_state(inner_net: str, state_type: type, state, B: int, H: int, f: int,
             dtypes = (w0.dtype,)
         else:  # the dual state's k, v and lr caches
             dtypes = (lr_cache_dtype(w0.dtype),) if name == "state.lr_cache" else (act_dtype,)
-        _check_tensor(name, t, shape, dtypes, device)
+        hidden_major_ok = i == 0 and inner_net == "mlp_2" and isinstance(state, TTTDualState)
+        _check_tensor(name, t, shape, dtypes, device, contiguous=not hidden_major_ok)
+        if hidden_major_ok and not (t.is_contiguous() or t.transpose(-1, -2).is_contiguous()):
+            raise ValueError(f"{name} must be contiguous, or hidden-major: the transposed view of a contiguous "
+                             f"[B, H, 4f, f] tensor (TTTDualState.from_params(..., w1_hidden_major=True))")
     check_disjoint(named)
     return named
 

@@ -26,7 +26,7 @@ from ..triton_utils import (FP_FUSION, causal_dual_weights, dot_config, fast_tan
                             gelu_tanh_and_grad, layer_norm_rows, ln_l2_grad_rows, load_prefill_rows, prefill_program,
                             on_input_device, with_cached_rows)
 from ..ttt_state import TTTDualState, check_prefill_args, prefill_strides
-from .decode_dual import _load_chunk
+from .decode_dual import _load_chunk, _w1_offsets
 
 
 @triton.jit
@@ -92,12 +92,12 @@ def _unpack2(P, dtype: tl.constexpr):
 
 
 @triton.jit
-def _store_chunk(W1_ptr, b1_ptr, W2_ptr, W1, b1, W2, bh, c0, cols, cm, F: tl.constexpr, FH: tl.constexpr,
-                 BH: tl.constexpr):
+def _store_chunk(W1_ptr, b1_ptr, W2_ptr, W1, b1, W2, bh, c0, cols, cm, W1_HM: tl.constexpr, F: tl.constexpr,
+                 FH: tl.constexpr, BH: tl.constexpr):
     """Write back W1[:, c0:c0+BH], b1[c0:c0+BH], W2[c0:c0+BH, :] of head ``bh`` (the inverse of ``_load_chunk``)."""
     hid = c0 + tl.arange(0, BH)
     hm = hid < FH
-    tl.store(W1_ptr + bh * F * FH + cols[:, None] * FH + hid[None, :], W1, mask=cm[:, None] & hm[None, :])
+    tl.store(W1_ptr + _w1_offsets(bh, hid, cols, F, FH, W1_HM), W1, mask=cm[:, None] & hm[None, :])
     tl.store(b1_ptr + bh * FH + hid, b1, mask=hm)
     tl.store(W2_ptr + bh * FH * F + hid[:, None] * F + cols[None, :], W2, mask=hm[:, None] & cm[None, :])
 
@@ -109,6 +109,7 @@ def ttt_mlp_prefill_kernel(
     sq_b, sq_t, sk_b, sk_t, sv_b, sv_t, T,
     H: tl.constexpr, F: tl.constexpr, BF: tl.constexpr, FH: tl.constexpr, BH: tl.constexpr, K: tl.constexpr,
     ON_CHIP: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr, FAST_TANH: tl.constexpr,
+    W1_HM: tl.constexpr,
 ):
     cols = tl.arange(0, BF)
     cm = cols < F  # real features (f = 96 runs in a 128-wide block)
@@ -116,7 +117,7 @@ def ttt_mlp_prefill_kernel(
     bh, b, h, t0, n, n_win, eta, eta_last, gamma, beta = prefill_program(pos_ptr, len_ptr, tib_ptr, ln_w_ptr,
                                                                          ln_b_ptr, cols, cm, H, F, K)
     if ON_CHIP:  # the whole hidden dim is one chunk (BH >= FH), held here across windows
-        W1, b1, W2 = _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, 0, cols, cm, F, FH, BH)
+        W1, b1, W2 = _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, 0, cols, cm, W1_HM, F, FH, BH)
         b1 = b1.to(W1.dtype)  # kept, like the weights, in the state dtype
         W1, W2 = _pack2(W1), _pack2(W2)
     b2 = tl.load(b2_ptr + bh * F + cols, mask=cm, other=0.0)
@@ -146,21 +147,21 @@ def ttt_mlp_prefill_kernel(
         else:
             Z2 = tl.zeros((K, BF), dtype=tl.float32) + b2f[None, :]
             for c0 in range(0, FH, BH):
-                W1c, b1c, W2c = _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, c0, cols, cm, F, FH, BH)
+                W1c, b1c, W2c = _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, c0, cols, cm, W1_HM, F, FH, BH)
                 X2, _ = _hidden(kd, W1c, b1c, DOT_DTYPE, DOT_PREC, FAST_TANH)
                 Z2 += tl.dot(X2.to(DOT_DTYPE), W2c.to(DOT_DTYPE), input_precision=DOT_PREC)
             G2 = ln_l2_grad_rows(Z2, target, gamma, beta, cm, F) * lr[:, None]
             xw = tl.zeros((K, BF), dtype=tl.float32)
             xx = tl.zeros((K, K), dtype=tl.float32)
             for c0 in range(0, FH, BH):
-                W1c, b1c, W2c = _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, c0, cols, cm, F, FH, BH)
+                W1c, b1c, W2c = _load_chunk(W1_ptr, b1_ptr, W2_ptr, bh, c0, cols, cm, W1_HM, F, FH, BH)
                 b1c = b1c.to(W1c.dtype)
                 X2, GP, ZQ1 = _hidden_q(kd, qd, W1c, b1c, DOT_DTYPE, DOT_PREC, FAST_TANH)
                 xw_c, xx_c, W1c, b1c, W2c = _dual_hidden(kd, W1c, b1c, W2c, X2, GP, ZQ1, G2, A1, eta_upd,
                                                          DOT_DTYPE, DOT_PREC, FAST_TANH)
                 xw += xw_c
                 xx += xx_c
-                _store_chunk(W1_ptr, b1_ptr, W2_ptr, W1c, b1c, W2c, bh, c0, cols, cm, F, FH, BH)
+                _store_chunk(W1_ptr, b1_ptr, W2_ptr, W1c, b1c, W2c, bh, c0, cols, cm, W1_HM, F, FH, BH)
             tl.debug_barrier()  # the next window reads weights other threads of this program wrote
         A2 = causal_dual_weights(xx, eta, K)
         z2_bar = xw + b2f[None, :] - tl.dot(A2.to(DOT_DTYPE), G2.to(DOT_DTYPE), input_precision=DOT_PREC)
@@ -170,7 +171,7 @@ def ttt_mlp_prefill_kernel(
         q, k, v, lr = q_n, k_n, v_n, lr_n
     if ON_CHIP:
         W1, W2 = _unpack2(W1, b1.dtype), _unpack2(W2, b1.dtype)
-        _store_chunk(W1_ptr, b1_ptr, W2_ptr, W1, b1, W2, bh, 0, cols, cm, F, FH, BH)
+        _store_chunk(W1_ptr, b1_ptr, W2_ptr, W1, b1, W2, bh, 0, cols, cm, W1_HM, F, FH, BH)
     tl.store(b2_ptr + bh * F + cols, b2, mask=cm)
 
 
@@ -213,6 +214,7 @@ def ttt_mlp_prefill(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state:
         q, k, v, lr, pos, lengths, ln_weight, ln_bias, token_idx_bias, out,
         W1, b1, W2, b2, state.k_cache, state.v_cache, state.lr_cache, *prefill_strides(q, k, v), T,
         H=H, F=f, BF=triton.next_power_of_2(f), FH=FH, BH=BH, K=K, ON_CHIP=on_chip,
-        DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec, FAST_TANH=fast_tanh(W1.dtype), **opts, **FP_FUSION,
+        DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec, FAST_TANH=fast_tanh(W1.dtype), W1_HM=not W1.is_contiguous(),
+        **opts, **FP_FUSION,
     )
     return out

@@ -26,6 +26,8 @@ def cuda_prefill_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, st
                 f"{state.k_cache.shape[2]}")
     if state.weights[0].dtype not in (torch.float16, torch.bfloat16):
         return f"the CUDA prefill kernel takes a float16 or bfloat16 state, got {state.weights[0].dtype}"
+    if not state.weights[0].is_contiguous():
+        return "the CUDA prefill kernel reads W1 row-major, this state's W1 is hidden-major"
     if not all(_rows_aligned(x) for x in (q, k, v)):
         return "the CUDA prefill kernel needs every q, k, v row 16-byte aligned (storage offset and strides)"
     return None
