@@ -70,7 +70,7 @@ INNER_NETS = {
                                   hidden_major_w1=True),
     "mlp_1_primal_triton": InnerNet("mlp_1", "primal", "ttt_kernels.ops.ttt_linear", "ttt_linear_decode_primal", True),
     "mlp_2_primal_triton": InnerNet("mlp_2", "primal", "ttt_kernels.ops.ttt_mlp", "ttt_mlp_decode_primal", True),
-    # hand-written CUDA (ttt_kernels._C), the Triton dual kernels' semantics and state layout
+    # hand-written CUDA (ttt_kernels._C), the Triton dual kernels' semantics and state layout (W1 row-major)
     "mlp_1_dual_cuda": InnerNet("mlp_1", "dual", "ttt_kernels.ops.ttt_linear", "ttt_linear_decode_dual_cuda", True,
                                 cuda=True),
     "mlp_2_dual_cuda": InnerNet("mlp_2", "dual", "ttt_kernels.ops.ttt_mlp", "ttt_mlp_decode_dual_cuda", True,
@@ -244,6 +244,9 @@ class TTTLayer(nn.Module):
         dev, act = self.in_proj.weight.device, self.in_proj.weight.dtype
         check_state(self.inner, form, ttt, batch, self.num_heads, self.head_dim, self.mini_batch, act, dev,
                     float64_ok=not self.spec.kernel)
+        if self.spec.cuda and not ttt.weights[0].is_contiguous():
+            raise ValueError("state.weights[0]: the CUDA kernels read W1 row-major, this cache's is hidden-major: "
+                             "allocate the cache after set_inner_net")
         _check_tensor("cache.qk_conv", cache.qk_conv, (batch, self.conv_kernel, self.hidden_size), (act,), dev)
         _check_tensor("cache.positions", cache.positions, (batch,), (torch.int32, torch.int64), dev)
 
