@@ -121,6 +121,7 @@ class PrefillBench:
 
     def runner(self, line, B, T, x, config=None):
         """A no-argument callable running one prefill of ``line``."""
+        from ttt_kernels.ops.ttt_mlp import w1_hidden_major
         from ttt_kernels.ops.ttt_state import TTTDualState
         q, k, v, lr = x
         inner = inner_of(line)
@@ -130,7 +131,9 @@ class PrefillBench:
             import importlib
             module, fn = OURS[line]
             op = getattr(importlib.import_module(module), fn)
-            state = TTTDualState.from_params(params, B, K, self.sdt, self.adt)
+            # W1 laid out as the model lays it out for the line's inner net
+            hidden_major = line == "mlp_2" and w1_hidden_major(self.sdt, self.f)
+            state = TTTDualState.from_params(params, B, K, self.sdt, self.adt, hidden_major)
             out = torch.empty_like(q)
             kw = {} if line == "mlp_2_cuda" else {"config": config}  # launch configs are the Triton kernels'
             return lambda: op(q, k, v, lr, pos, *ln, state, out=out, check_positions=False, **kw)
