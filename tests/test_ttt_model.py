@@ -143,7 +143,7 @@ def test_triton_mlp_state_w1_layout_follows_the_kernel(device):
     # that cache under the CUDA inner net (W1 row-major only): refused before any layer writes
     before = [t.clone() for t in (cache.positions, *conv_states(cache),
                                   *(t for c in cache.layers for t in c.mixer.ttt.tensors()))]
-    with pytest.raises(ValueError, match="cache layer 0: state.weights.0.: the CUDA kernels read W1 row-major"):
+    with pytest.raises(ValueError, match="cache layer 0: state.weights.0.: the CUDA kernel reads W1 row-major"):
         with_inner_net(model, "mlp_2_dual_cuda").step(ids, cache)
     after = [cache.positions, *conv_states(cache), *(t for c in cache.layers for t in c.mixer.ttt.tensors())]
     assert all(torch.equal(x, y) for x, y in zip(before, after))

@@ -33,6 +33,7 @@ from ..ops.conv_rotary import (causal_conv1d_prefill, causal_conv1d_prefill_ref,
                                ttt_step_inputs_ref)
 from ..ops.norm import gated_layer_norm, gated_layer_norm_ref
 from ..ops.ttt_mlp import w1_hidden_major
+from ..ops.ttt_mlp.decode_dual_cuda import check_row_major_w1
 from ..ops.ttt_state import (STATE_DTYPES, TTTDualState, TTTPrimalState, _check_tensor, check_kernel_sizes,
                               check_module_input, check_state, inner_net_shapes)
 from ..utils.generation import PrefillPlan, prefill_plan
@@ -244,9 +245,8 @@ class TTTLayer(nn.Module):
         dev, act = self.in_proj.weight.device, self.in_proj.weight.dtype
         check_state(self.inner, form, ttt, batch, self.num_heads, self.head_dim, self.mini_batch, act, dev,
                     float64_ok=not self.spec.kernel)
-        if self.spec.cuda and not ttt.weights[0].is_contiguous():
-            raise ValueError("state.weights[0]: the CUDA kernels read W1 row-major, this cache's is hidden-major: "
-                             "allocate the cache after set_inner_net")
+        if self.spec.cuda and self.inner == "mlp_2":  # the op checks it too, but after the convs stepped
+            check_row_major_w1(ttt)
         _check_tensor("cache.qk_conv", cache.qk_conv, (batch, self.conv_kernel, self.hidden_size), (act,), dev)
         _check_tensor("cache.positions", cache.positions, (batch,), (torch.int32, torch.int64), dev)
 
