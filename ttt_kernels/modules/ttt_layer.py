@@ -12,8 +12,9 @@ Per token ``x`` (the block's normed hidden state):
 Decode and prefill use the *same* conv weights for k (the original inference code's
 decode path convolved k with conv_q's weights). With a fused-kernel inner net the rest
 of the decode step is fused too: both convs, the rotary, v's heads and the learning rate in
-one launch (``ops.conv_rotary``), the output's LayerNorm and gelu gate in another
-(``ops.norm``); the reference inner nets run everything in PyTorch.
+one launch (``ops.conv_rotary``; an inner net with ``from_projection`` runs them inside its TTT
+kernel instead), the output's LayerNorm and gelu gate in another (``ops.norm``); the reference
+inner nets run everything in PyTorch.
 
 Which TTT op runs is the inner-net name, resolved in :data:`INNER_NETS`; ops are
 imported on first use, so a missing kernel never breaks ``import``.
@@ -28,9 +29,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops.conv_rotary import (causal_conv1d_prefill, causal_conv1d_prefill_ref, pre_conv_step, pre_conv_step_ref,
-                               qk_conv_rotary_prefill, qk_conv_rotary_prefill_ref, ttt_lr_ref, ttt_step_inputs,
-                               ttt_step_inputs_ref)
+from ..ops.conv_rotary import (TTTStepInputs, causal_conv1d_prefill, causal_conv1d_prefill_ref, pre_conv_step,
+                               pre_conv_step_ref, qk_conv_rotary_prefill, qk_conv_rotary_prefill_ref, ttt_lr_ref,
+                               ttt_step_inputs, ttt_step_inputs_ref)
 from ..ops.norm import gated_layer_norm, gated_layer_norm_ref
 from ..ops.ttt_mlp import w1_hidden_major
 from ..ops.ttt_mlp.decode_dual_cuda import check_row_major_w1
@@ -51,12 +52,16 @@ class InnerNet:
     cuda: bool = False  # the hand-written CUDA kernels (their prefill too, where it covers the shape)
     # W1 stored hidden-major where ttt_kernels.ops.ttt_mlp.w1_hidden_major says the op reads it faster
     hidden_major_w1: bool = False
+    # decode through the op's ``*_from_projection`` variant: its programs make q, k, v and lr from
+    # the projection (the q/k convs, rotary and lr of ops.conv_rotary), one launch instead of two
+    from_projection: bool = False
 
-    def load(self):
+    def load(self, from_projection: bool = False):
+        fn = self.fn + ("_from_projection" if from_projection else "")
         try:
-            return getattr(importlib.import_module(self.module), self.fn)
+            return getattr(importlib.import_module(self.module), fn)
         except (ImportError, AttributeError) as e:
-            raise ImportError(f"TTT op {self.module}.{self.fn} is not available: {e}") from e
+            raise ImportError(f"TTT op {self.module}.{fn} is not available: {e}") from e
 
 
 INNER_NETS = {
@@ -66,7 +71,8 @@ INNER_NETS = {
     "mlp_1_primal": InnerNet("mlp_1", "primal", "ttt_kernels.ops.ttt_linear", "ttt_linear_decode_primal_ref", False),
     "mlp_2_primal": InnerNet("mlp_2", "primal", "ttt_kernels.ops.ttt_mlp", "ttt_mlp_decode_primal_ref", False),
     # Triton kernels: this project's dual form, and the original algorithm as the baseline
-    "mlp_1_dual_triton": InnerNet("mlp_1", "dual", "ttt_kernels.ops.ttt_linear", "ttt_linear_decode_dual", True),
+    "mlp_1_dual_triton": InnerNet("mlp_1", "dual", "ttt_kernels.ops.ttt_linear", "ttt_linear_decode_dual", True,
+                                  from_projection=True),
     "mlp_2_dual_triton": InnerNet("mlp_2", "dual", "ttt_kernels.ops.ttt_mlp", "ttt_mlp_decode_dual", True,
                                   hidden_major_w1=True),
     "mlp_1_primal_triton": InnerNet("mlp_1", "primal", "ttt_kernels.ops.ttt_linear", "ttt_linear_decode_primal", True),
@@ -199,13 +205,20 @@ class TTTLayer(nn.Module):
         if spec.cuda:
             from ..ops.cuda_backend import check_sizes
             check_sizes(self.head_dim, self.mini_batch)
-        self.inner_net, self.spec, self._op = name, spec, None
+        self.inner_net, self.spec, self._op, self._op_from_projection = name, spec, None, None
 
     @property
     def op(self):
         if self._op is None:
             self._op = self.spec.load()
         return self._op
+
+    @property
+    def op_from_projection(self):
+        """The decode op of an inner net with ``from_projection``: takes a ``TTTStepInputs``."""
+        if self._op_from_projection is None:
+            self._op_from_projection = self.spec.load(from_projection=True)
+        return self._op_from_projection
 
     def inner_params(self) -> list[torch.Tensor]:
         return [getattr(self, n) for n in self.inner_names]
@@ -216,7 +229,7 @@ class TTTLayer(nn.Module):
                                  positions: torch.Tensor | None = None) -> TTTLayerCache:
         """Fresh state for ``batch`` sequences. ``positions [B]``: the model's shared position
         tensor (default: a new one at 0, which the caller advances)."""
-        _ = self.op  # fail here, not in the middle of a step, if the op is missing
+        _ = self.op_from_projection if self.spec.from_projection else self.op  # fail here, not mid-step, if missing
         dtypes = STATE_DTYPES if self.spec.kernel else (*STATE_DTYPES, torch.float64)
         if state_dtype not in dtypes:
             raise TypeError(f"{self.inner_net} runs states in {[str(d) for d in dtypes]}, got {state_dtype}")
@@ -316,11 +329,15 @@ class TTTLayer(nn.Module):
         layer's cache before the first layer writes)."""
         xqk, gate, v, lr_logit = self._project(x)
         fused = self.spec.kernel
-        step_inputs = _fused_ttt_step_inputs if fused else ttt_step_inputs_ref  # fused: one launch
-        q, k, v, lr = step_inputs(xqk, v, lr_logit, cache.qk_conv, conv_weight(self.conv_q),
-                                  self.conv_q.bias, conv_weight(self.conv_k), self.conv_k.bias, self.rotary.cos,
-                                  self.rotary.sin, cache.positions, self.lr_bias, self.lr_scale, self.num_heads)
-        z = self._ttt(q, k, v, lr, cache.positions, cache.ttt)
+        inputs = TTTStepInputs(xqk, v, lr_logit, cache.qk_conv, conv_weight(self.conv_q), self.conv_q.bias,
+                               conv_weight(self.conv_k), self.conv_k.bias, self.rotary.cos, self.rotary.sin,
+                               self.lr_bias, self.lr_scale, self.num_heads)
+        if self.spec.from_projection:  # the TTT kernel's programs make q, k, v, lr themselves
+            z = _run_kernel(self.op_from_projection, inputs, cache.positions, self.ttt_norm_weight,
+                            self.ttt_norm_bias, self.token_idx_bias, cache.ttt)
+        else:
+            q, k, v, lr = inputs.apply(_fused_ttt_step_inputs if fused else ttt_step_inputs_ref, cache.positions)
+            z = self._ttt(q, k, v, lr, cache.positions, cache.ttt)
         return self._output(z, gate, fused)
 
     # ---- prefill: one fused launch per layer for the dual-form kernels, else a reference path
@@ -402,7 +419,7 @@ class TTTLayer(nn.Module):
 
 
 @torch.compiler.disable
-def _run_kernel(op, q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state):
+def _run_kernel(op, *args):
     # Fused kernels stay out of torch.compile (their launchers check arguments in Python);
     # the positions are checked when a prefill starts (prefill_plan), so no per-step host sync here.
-    return op(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state, check_positions=False)
+    return op(*args, check_positions=False)

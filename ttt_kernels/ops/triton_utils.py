@@ -173,22 +173,43 @@ def ln_l2_grad_rows(z, target, gamma, beta, cols, F: tl.constexpr):
 
 
 @triton.jit
-def load_token(q_ptr, k_ptr, v_ptr, lr_ptr, pos_ptr, ln_w_ptr, ln_b_ptr, tib_ptr, bh, cols, cm,
-               H: tl.constexpr, F: tl.constexpr, K: tl.constexpr):
-    """The step's inputs for head ``bh`` (= sequence * H + head), in fp32: the token's
-    index ``t`` in its mini-batch, ``eta_t = max(0, 1/(t+1) + token_idx_bias[t])``,
-    ``q, k, v``, ``lr`` and the TTT norm's ``gamma, beta`` (zero in padded columns)."""
-    h = bh % H
+def token_phase(pos, tib_ptr, K: tl.constexpr):
+    """The token at position ``pos``: its index ``t`` in its mini-batch and
+    ``eta_t = max(0, 1/(t+1) + token_idx_bias[t])``."""
     # K is a power of two: t is in 0..K-1 whatever pos holds (a negative position, which only a
     # caller writing the positions by hand can make, never indexes outside the cache)
-    t = (tl.load(pos_ptr + bh // H) & (K - 1)).to(tl.int32)
+    t = (pos & (K - 1)).to(tl.int32)
     eta = tl.maximum(1.0 / (t + 1).to(tl.float32) + tl.load(tib_ptr + t).to(tl.float32), 0.0)
+    return t, eta
+
+
+@triton.jit
+def load_qkv_lr(q_ptr, k_ptr, v_ptr, lr_ptr, bh, cols, cm, F: tl.constexpr):
+    """``q, k, v [B*H, F]`` rows and ``lr [B*H]`` of head ``bh``, in fp32 (zero in padded columns)."""
     q = tl.load(q_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
     k = tl.load(k_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
     v = tl.load(v_ptr + bh * F + cols, mask=cm, other=0.0).to(tl.float32)
     lr = tl.load(lr_ptr + bh).to(tl.float32)
+    return q, k, v, lr
+
+
+@triton.jit
+def load_ln_params(ln_w_ptr, ln_b_ptr, h, cols, cm, F: tl.constexpr):
+    """The TTT norm's ``gamma, beta`` of head ``h`` in fp32 (zero in padded columns)."""
     gamma = tl.load(ln_w_ptr + h * F + cols, mask=cm, other=0.0).to(tl.float32)
     beta = tl.load(ln_b_ptr + h * F + cols, mask=cm, other=0.0).to(tl.float32)
+    return gamma, beta
+
+
+@triton.jit
+def load_token(q_ptr, k_ptr, v_ptr, lr_ptr, pos_ptr, ln_w_ptr, ln_b_ptr, tib_ptr, bh, cols, cm,
+               H: tl.constexpr, F: tl.constexpr, K: tl.constexpr):
+    """The step's inputs for head ``bh`` (= sequence * H + head), in fp32: the token's
+    index ``t`` in its mini-batch and ``eta_t`` (:func:`token_phase`), ``q, k, v``, ``lr`` and the
+    TTT norm's ``gamma, beta`` (zero in padded columns)."""
+    t, eta = token_phase(tl.load(pos_ptr + bh // H), tib_ptr, K)
+    q, k, v, lr = load_qkv_lr(q_ptr, k_ptr, v_ptr, lr_ptr, bh, cols, cm, F)
+    gamma, beta = load_ln_params(ln_w_ptr, ln_b_ptr, bh % H, cols, cm, F)
     return t, eta, q, k, v, lr, gamma, beta
 
 

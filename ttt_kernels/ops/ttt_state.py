@@ -208,6 +208,28 @@ def check_decode_args(inner_net: str, state_type: type, q, k, v, lr, pos, ln_wei
     _check_tensor("k", k, (B, H, f), (q.dtype,), dev)
     _check_tensor("v", v, (B, H, f), (q.dtype,), dev)
     _check_tensor("lr", lr, (B, H), FLOAT_DTYPES, dev)
+    return _check_decode_rest(inner_net, state_type, B, H, f, q.dtype, dev, pos, ln_weight, ln_bias, token_idx_bias,
+                              state, out, check_positions)
+
+
+def check_decode_args_from_projection(inner_net: str, state_type: type, inputs, pos, ln_weight, ln_bias,
+                                      token_idx_bias, state, out, check_positions: bool):
+    """:func:`check_decode_args` for a decode op's ``*_from_projection`` variant: ``inputs`` a
+    :class:`~ttt_kernels.ops.conv_rotary.TTTStepInputs` in place of ``q, k, v, lr``. Its conv state
+    must share no memory with the TTT state or ``out``."""
+    if not hasattr(inputs, "kernel_args"):
+        raise TypeError(f"inputs must be a TTTStepInputs, got {type(inputs).__name__}")
+    B, H, f, _, _ = inputs.check(pos)
+    if B == 0:
+        raise ValueError("xqk holds no sequences (B = 0)")
+    return _check_decode_rest(inner_net, state_type, B, H, f, inputs.xqk.dtype, inputs.xqk.device, pos, ln_weight,
+                              ln_bias, token_idx_bias, state, out, check_positions,
+                              also_disjoint=(("conv_state", inputs.conv_state),))
+
+
+def _check_decode_rest(inner_net, state_type, B, H, f, act_dtype, dev, pos, ln_weight, ln_bias, token_idx_bias, state,
+                       out, check_positions, also_disjoint=()):
+    """The checks after a decode step's token inputs (shape ``[B, H, f]`` in ``act_dtype`` on ``dev``)."""
     _check_tensor("pos", pos, (B,), (torch.int32, torch.int64), dev)
     _check_tensor("ln_weight", ln_weight, (H, f), FLOAT_DTYPES, dev)
     _check_tensor("ln_bias", ln_bias, (H, f), FLOAT_DTYPES, dev)
@@ -219,7 +241,9 @@ def check_decode_args(inner_net: str, state_type: type, q, k, v, lr, pos, ln_wei
     except ValueError as e:
         raise ValueError(f"token_idx_bias: {e}") from None
     _check_tensor("token_idx_bias", token_idx_bias, (K,), FLOAT_DTYPES, dev)
-    named = check_state(inner_net, state_type, state, B, H, f, K, q.dtype, dev)
+    named = [*check_state(inner_net, state_type, state, B, H, f, K, act_dtype, dev), *also_disjoint]
+    if also_disjoint:
+        check_disjoint(named)
 
     capturing = pos.is_cuda and torch.cuda.is_current_stream_capturing()
     if check_positions and not capturing:
@@ -228,15 +252,20 @@ def check_decode_args(inner_net: str, state_type: type, q, k, v, lr, pos, ln_wei
             raise ValueError(f"pos must be >= 0, got min {lo.item()}")
         if hi.item() >= 2**31 - 1:
             raise ValueError(f"pos must be < 2**31 - 1, got max {hi.item()}")
-    return B, H, f, K, check_out(out, q, named)
+    return B, H, f, K, check_out_buffer(out, (B, H, f), act_dtype, dev, named)
 
 
 def check_out(out, like: torch.Tensor, state=()) -> torch.Tensor:
     """The output buffer: ``out`` if it matches ``like`` (shape, dtype, device, contiguous) and shares
     no memory with the ``(name, tensor)`` pairs of ``state``, else a new one when ``out`` is None."""
+    return check_out_buffer(out, tuple(like.shape), like.dtype, like.device, state)
+
+
+def check_out_buffer(out, shape: tuple, dtype: torch.dtype, device, state=()) -> torch.Tensor:
+    """:func:`check_out` for an output of ``shape`` and ``dtype`` on ``device``."""
     if out is None:
-        return torch.empty_like(like)
-    _check_tensor("out", out, tuple(like.shape), (like.dtype,), like.device)
+        return torch.empty(shape, dtype=dtype, device=device)
+    _check_tensor("out", out, shape, (dtype,), device)
     check_disjoint([*state, ("out", out)])
     return out
 

@@ -9,6 +9,11 @@ a copy of ``v`` out of the projection's rows and five kernels for the learning r
 µs on ``[B, D]`` rows. One program per (sequence, group of heads): rotary pairs channel ``i``
 with ``i + f/2`` of the same head, so a program holds whole heads.
 
+``TTTStepInputs`` bundles those arguments for the dual-form TTT decode ops' ``*_from_projection``
+variants, whose programs (one per sequence and head) run the same computation for their head
+(:func:`token_from_projection`) instead of loading q, k, v and lr that this launch wrote: one
+launch a layer less, and q, k, v never leave the chip.
+
 ``pre_conv_step``: the block's first sub-block, add+RMSNorm -> causal conv -> add+RMSNorm.
 Three launches unfused, each reading and writing the row again (the fp32 residual twice); one
 program per sequence holds its whole row here.
@@ -20,24 +25,32 @@ layout) reads and writes all k: at ttt-1b's sizes and B=512, 8 MB a conv and ste
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import (MAX_ROW_DIM, on_input_device, pdl_options, pos_mod, ring_tap, rms_norm_row, row_warps,
-                            wait_for_prior_kernel)
+from ..triton_utils import (MAX_ROW_DIM, load_ln_params, load_qkv_lr, on_input_device, pdl_options, pos_mod, ring_tap,
+                            rms_norm_row, row_warps, token_phase, wait_for_prior_kernel)
 from ..ttt_state import ACT_DTYPES, _check_tensor
 
 
 @triton.jit
-def _rotate_store(a1, a2, out_ptr, c, s, jm, HALF: tl.constexpr):
-    """Rotates the pair halves ``a1, a2`` (fp32) and stores them at ``out_ptr`` and ``out_ptr + HALF``;
-    rounded to the output dtype before the rotation, as unfused."""
-    dt = out_ptr.dtype.element_ty
+def _rotated(a1, a2, c, s, dt: tl.constexpr):
+    """The rotary of the pair halves ``a1, a2`` (fp32): ``(a1 c - a2 s, a2 c + a1 s)`` in ``dt``, each
+    half rounded to ``dt`` before the rotation, as unfused."""
     a1 = a1.to(dt).to(tl.float32)
     a2 = a2.to(dt).to(tl.float32)
-    tl.store(out_ptr, (a1 * c - a2 * s).to(dt), mask=jm)
-    tl.store(out_ptr + HALF, (a2 * c + a1 * s).to(dt), mask=jm)
+    return (a1 * c - a2 * s).to(dt), (a2 * c + a1 * s).to(dt)
+
+
+@triton.jit
+def _rotate_store(a1, a2, out_ptr, c, s, jm, HALF: tl.constexpr):
+    """Rotates the pair halves ``a1, a2`` (fp32) and stores them at ``out_ptr`` and ``out_ptr + HALF``."""
+    r1, r2 = _rotated(a1, a2, c, s, out_ptr.dtype.element_ty)
+    tl.store(out_ptr, r1, mask=jm)
+    tl.store(out_ptr + HALF, r2, mask=jm)
 
 
 @triton.jit
@@ -92,6 +105,72 @@ def _ttt_step_inputs_kernel(x_ptr, stride_x, v_ptr, stride_v, logit_ptr, stride_
     tl.store(lr_ptr + b * H + h, lr_scale * tl.sigmoid(logit), mask=lm)
 
 
+@triton.jit
+def token_from_projection(x_ptr, stride_x, vp_ptr, stride_v, logit_ptr, stride_logit, lr_bias_ptr, lr_scale, cs_ptr,
+                          wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr, pos, bh, cols, cm, H: tl.constexpr,
+                          F: tl.constexpr, KC: tl.constexpr, PERIOD: tl.constexpr):
+    """What :func:`ttt_step_inputs` computes for head ``bh`` (= sequence * H + head) of the token at
+    ``pos``, in a TTT decode program's column layout (``cols [BF]``, mask ``cm``): ``q, k, v`` (fp32
+    of the values that launch stores, same roundings) and ``lr``; steps the head's channels of the
+    ring ``cs_ptr``. Column ``c`` of a rotary pair needs its partner's conv too: for a power-of-two
+    ``F`` (the block is the head) the program's own values with their halves swapped; else each conv
+    runs again at the partner columns (loads of the same lines, from L1). The swap keeps q and k in
+    the layout the kernel's loads would have given them: computed from loads at the partner offsets
+    instead, the TTT-MLP kernel spilled 72 B a thread instead of 16 (24 with the swap; Triton 3.6, sm_90)."""
+    b = bh // H
+    h = bh % H
+    HALF: tl.constexpr = F // 2
+    dim = H * F
+    lo = cols < HALF
+    own = h * F + cols
+    j = tl.where(lo, cols, cols - HALF)
+    p = pos_mod(pos, PERIOD)
+    c = tl.load(cos_ptr + p * HALF + j, mask=cm, other=0.0)
+    s = tl.load(sin_ptr + p * HALF + j, mask=cm, other=0.0)
+    cs = cs_ptr + b * KC * dim
+    x_own = tl.load(x_ptr + b * stride_x + own, mask=cm, other=0.0).to(cs_ptr.dtype.element_ty)
+    q_own, k_own = _qk_conv(x_own, cs, pos, wq_ptr, bq_ptr, wk_ptr, bk_ptr, own, cm, dim, KC)
+    if (F & (F - 1)) == 0:
+        q_partner = tl.flip(q_own.reshape(2, HALF), 0).reshape(F)
+        k_partner = tl.flip(k_own.reshape(2, HALF), 0).reshape(F)
+    else:
+        partner = h * F + tl.where(lo, cols + HALF, cols - HALF)
+        x_partner = tl.load(x_ptr + b * stride_x + partner, mask=cm, other=0.0).to(cs_ptr.dtype.element_ty)
+        q_partner, k_partner = _qk_conv(x_partner, cs, pos, wq_ptr, bq_ptr, wk_ptr, bk_ptr, partner, cm, dim, KC)
+    tl.store(cs + pos_mod(pos, KC) * dim + own, x_own, mask=cm)
+    dt = x_ptr.dtype.element_ty
+    # the first half is a pair's (a1 c - a2 s), the second its (a2 c + a1 s): each as _rotated forms it
+    q_lo, _ = _rotated(q_own, q_partner, c, s, dt)
+    _, q_hi = _rotated(q_partner, q_own, c, s, dt)
+    k_lo, _ = _rotated(k_own, k_partner, c, s, dt)
+    _, k_hi = _rotated(k_partner, k_own, c, s, dt)
+    q = tl.where(lo, q_lo, q_hi).to(tl.float32)
+    k = tl.where(lo, k_lo, k_hi).to(tl.float32)
+    v = tl.load(vp_ptr + b * stride_v + own, mask=cm, other=0.0).to(tl.float32)
+    logit = tl.load(logit_ptr + b * stride_logit + h).to(tl.float32) + tl.load(lr_bias_ptr + h).to(tl.float32)
+    return q, k, v, lr_scale * tl.sigmoid(logit)
+
+
+@triton.jit
+def load_dual_token(q_ptr, k_ptr, v_ptr, lr_ptr, pos_ptr, ln_w_ptr, ln_b_ptr, tib_ptr, x_ptr, stride_x, vp_ptr,
+                    stride_v, logit_ptr, stride_logit, lr_bias_ptr, lr_scale, cs_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr,
+                    cos_ptr, sin_ptr, bh, cols, cm, H: tl.constexpr, F: tl.constexpr, K: tl.constexpr,
+                    KC: tl.constexpr, PERIOD: tl.constexpr, FROM_PROJECTION: tl.constexpr):
+    """:func:`~ttt_kernels.ops.triton_utils.load_token` for the dual-form TTT decode kernels: ``q, k,
+    v, lr`` loaded from their tensors, or with ``FROM_PROJECTION`` made from the projection by
+    :func:`token_from_projection` (the ``*_ptr`` of the other way are None)."""
+    pos = tl.load(pos_ptr + bh // H)
+    t, eta = token_phase(pos, tib_ptr, K)
+    if FROM_PROJECTION:
+        q, k, v, lr = token_from_projection(x_ptr, stride_x, vp_ptr, stride_v, logit_ptr, stride_logit, lr_bias_ptr,
+                                            lr_scale, cs_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr, pos,
+                                            bh, cols, cm, H, F, KC, PERIOD)
+    else:
+        q, k, v, lr = load_qkv_lr(q_ptr, k_ptr, v_ptr, lr_ptr, bh, cols, cm, F)
+    gamma, beta = load_ln_params(ln_w_ptr, ln_b_ptr, bh % H, cols, cm, F)
+    return t, eta, q, k, v, lr, gamma, beta
+
+
 def ring_length(conv_state) -> int:
     """The taps k of a ring conv state ``[B, k, D]``; 0 for anything else, so that the shape check
     that follows names the argument."""
@@ -113,6 +192,72 @@ def check_heads_and_rotary(D: int, num_heads: int, cos, sin, device) -> tuple[in
     return f, period
 
 
+@dataclass(frozen=True)
+class TTTStepInputs:
+    """One decode token's TTT-op inputs as the block's projection gives them, before the q/k convs,
+    the rotary and the learning rate's sigmoid: the arguments of :func:`ttt_step_inputs` but the
+    positions (see there). The dual-form TTT decode ops' ``*_from_projection`` variants take them and
+    run that step in their own programs."""
+    xqk: torch.Tensor
+    v: torch.Tensor
+    lr_logit: torch.Tensor
+    conv_state: torch.Tensor
+    q_weight: torch.Tensor
+    q_bias: torch.Tensor
+    k_weight: torch.Tensor
+    k_bias: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    lr_bias: torch.Tensor
+    lr_scale: float
+    num_heads: int
+
+    def check(self, positions) -> tuple[int, int, int, int, int]:
+        """Validates the fields against each other and ``positions`` -> ``(B, H, f, k, period)``: the
+        batch, heads, head dim, conv taps and rotary period."""
+        xqk, v, lr_logit = self.xqk, self.v, self.lr_logit
+        if not isinstance(xqk, torch.Tensor) or xqk.dim() != 2 or xqk.stride(-1) != 1:
+            raise ValueError(f"xqk must be a [B, D] tensor with unit column stride, got {getattr(xqk, 'shape', xqk)}")
+        B, D = xqk.shape
+        H = self.num_heads
+        dev, KC = xqk.device, ring_length(self.conv_state)
+        f, period = check_heads_and_rotary(D, H, self.cos, self.sin, dev)
+        _check_tensor("xqk", xqk, (B, D), ACT_DTYPES, dev, contiguous=False)
+        _check_tensor("v", v, (B, D), (xqk.dtype,), dev, contiguous=False)
+        _check_tensor("lr_logit", lr_logit, (B, H), ACT_DTYPES, dev, contiguous=False)
+        if v.stride(-1) != 1 or lr_logit.stride(-1) != 1:
+            raise ValueError("v and lr_logit must have unit column stride")
+        _check_tensor("conv_state", self.conv_state, (B, KC, D), (xqk.dtype,), dev)
+        for name, w in (("q_weight", self.q_weight), ("k_weight", self.k_weight)):
+            _check_tensor(name, w, (D, KC), ACT_DTYPES, dev)
+        for name, b in (("q_bias", self.q_bias), ("k_bias", self.k_bias)):
+            _check_tensor(name, b, (D,), ACT_DTYPES, dev)
+        _check_tensor("positions", positions, (B,), (torch.int32, torch.int64), dev)
+        _check_tensor("lr_bias", self.lr_bias, (H,), ACT_DTYPES, dev)
+        return B, H, f, KC, period
+
+    def apply(self, step_inputs, positions):
+        """``step_inputs`` (:func:`ttt_step_inputs` or its reference) of these inputs at ``positions``."""
+        return step_inputs(self.xqk, self.v, self.lr_logit, self.conv_state, self.q_weight, self.q_bias, self.k_weight,
+                           self.k_bias, self.cos, self.sin, positions, self.lr_bias, self.lr_scale, self.num_heads)
+
+    def kernel_args(self) -> dict:
+        """The arguments of :func:`token_from_projection` by the names the TTT kernels take them
+        under (checked fields)."""
+        return dict(x_ptr=self.xqk, stride_x=self.xqk.stride(0), vp_ptr=self.v, stride_v=self.v.stride(0),
+                    logit_ptr=self.lr_logit, stride_logit=self.lr_logit.stride(0), lr_bias_ptr=self.lr_bias,
+                    lr_scale=float(self.lr_scale), cs_ptr=self.conv_state, wq_ptr=self.q_weight,
+                    bq_ptr=self.q_bias, wk_ptr=self.k_weight, bk_ptr=self.k_bias, cos_ptr=self.cos,
+                    sin_ptr=self.sin, KC=ring_length(self.conv_state), PERIOD=self.cos.shape[0],
+                    FROM_PROJECTION=True)
+
+
+# what a TTT kernel's projection arguments get when its q, k, v, lr come in as tensors
+NO_PROJECTION = dict.fromkeys(("x_ptr", "stride_x", "vp_ptr", "stride_v", "logit_ptr", "stride_logit", "lr_bias_ptr",
+                               "lr_scale", "cs_ptr", "wq_ptr", "bq_ptr", "wk_ptr", "bk_ptr", "cos_ptr", "sin_ptr",
+                               "KC", "PERIOD")) | {"FROM_PROJECTION": False}
+
+
 @on_input_device
 def ttt_step_inputs(xqk, v, lr_logit, conv_state, q_weight, q_bias, k_weight, k_bias, cos, sin, positions,
                     lr_bias, lr_scale: float, num_heads: int):
@@ -125,24 +270,9 @@ def ttt_step_inputs(xqk, v, lr_logit, conv_state, q_weight, q_bias, k_weight, k_
     [period, f/2]`` fp32; ``positions [B]`` int (the token's, not advanced); ``lr_bias [H]``.
     No host sync: graph-safe.
     """
-    if not isinstance(xqk, torch.Tensor) or xqk.dim() != 2 or xqk.stride(-1) != 1:
-        raise ValueError(f"xqk must be a [B, D] tensor with unit column stride, got {getattr(xqk, 'shape', xqk)}")
-    B, D = xqk.shape
-    H = num_heads
-    dev, KC = xqk.device, ring_length(conv_state)
-    f, period = check_heads_and_rotary(D, H, cos, sin, dev)
-    _check_tensor("xqk", xqk, (B, D), ACT_DTYPES, dev, contiguous=False)
-    _check_tensor("v", v, (B, D), (xqk.dtype,), dev, contiguous=False)
-    _check_tensor("lr_logit", lr_logit, (B, H), ACT_DTYPES, dev, contiguous=False)
-    if v.stride(-1) != 1 or lr_logit.stride(-1) != 1:
-        raise ValueError("v and lr_logit must have unit column stride")
-    _check_tensor("conv_state", conv_state, (B, KC, D), (xqk.dtype,), dev)
-    for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
-        _check_tensor(name, w, (D, KC), ACT_DTYPES, dev)
-    for name, b in (("q_bias", q_bias), ("k_bias", k_bias)):
-        _check_tensor(name, b, (D,), ACT_DTYPES, dev)
-    _check_tensor("positions", positions, (B,), (torch.int32, torch.int64), dev)
-    _check_tensor("lr_bias", lr_bias, (H,), ACT_DTYPES, dev)
+    B, H, f, KC, period = TTTStepInputs(xqk, v, lr_logit, conv_state, q_weight, q_bias, k_weight, k_bias, cos, sin,
+                                        lr_bias, lr_scale, num_heads).check(positions)
+    D, dev = xqk.shape[1], xqk.device
     q = torch.empty(B, H, f, dtype=xqk.dtype, device=dev)
     k, v_heads = torch.empty_like(q), torch.empty_like(q)
     lr = torch.empty(B, H, dtype=torch.float32, device=dev)

@@ -13,24 +13,30 @@ import torch
 import triton
 import triton.language as tl
 
+from ..conv_rotary.decode import NO_PROJECTION, TTTStepInputs, load_dual_token
 from ..triton_utils import (as_row, dot_config, dual_row, layer_norm_rows, ln_l2_grad_rows, load_minibatch_rows,
-                            load_token, on_input_device, pdl_options, store_cache_row, wait_for_prior_kernel)
-from ..ttt_state import TTTDualState, check_decode_args, check_kernel_sizes
+                            on_input_device, pdl_options, store_cache_row, wait_for_prior_kernel)
+from ..ttt_state import TTTDualState, check_decode_args, check_decode_args_from_projection, check_kernel_sizes
 
 
 @triton.jit
 def ttt_linear_decode_dual_kernel(
     q_ptr, k_ptr, v_ptr, lr_ptr, pos_ptr, ln_w_ptr, ln_b_ptr, tib_ptr, out_ptr,
     W_ptr, b_ptr, kc_ptr, vc_ptr, lrc_ptr,
+    x_ptr, stride_x, vp_ptr, stride_v, logit_ptr, stride_logit, lr_bias_ptr, lr_scale, cs_ptr, wq_ptr, bq_ptr,
+    wk_ptr, bk_ptr, cos_ptr, sin_ptr,
     H: tl.constexpr, F: tl.constexpr, BF: tl.constexpr, K: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr, PDL: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr, KC: tl.constexpr, PERIOD: tl.constexpr,
+    FROM_PROJECTION: tl.constexpr, PDL: tl.constexpr,
 ):
     wait_for_prior_kernel(PDL)
     bh = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B*H*f*4f overflows int32
     cols = tl.arange(0, BF)
     cm = cols < F  # real features (f = 96 runs in a 128-wide block)
-    t, eta, q, k, v, lr, gamma, beta = load_token(q_ptr, k_ptr, v_ptr, lr_ptr, pos_ptr, ln_w_ptr, ln_b_ptr, tib_ptr,
-                                                  bh, cols, cm, H, F, K)
+    t, eta, q, k, v, lr, gamma, beta = load_dual_token(
+        q_ptr, k_ptr, v_ptr, lr_ptr, pos_ptr, ln_w_ptr, ln_b_ptr, tib_ptr, x_ptr, stride_x, vp_ptr, stride_v, logit_ptr,
+        stride_logit, lr_bias_ptr, lr_scale, cs_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr, bh, cols, cm,
+        H, F, K, KC, PERIOD, FROM_PROJECTION)
 
 
     # the mini-batch so far (rows j > t carry lr 0)
@@ -97,14 +103,30 @@ def ttt_linear_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias,
     """
     B, H, f, K, out = check_decode_args("mlp_1", TTTDualState, q, k, v, lr, pos, ln_weight, ln_bias,
                                         token_idx_bias, state, out, check_positions)
+    return _launch(B, H, f, K, (q, k, v, lr), NO_PROJECTION, pos, ln_weight, ln_bias, token_idx_bias, state, out)
+
+
+@on_input_device
+def ttt_linear_decode_dual_from_projection(inputs: TTTStepInputs, pos, ln_weight, ln_bias, token_idx_bias,
+                                           state: TTTDualState, *, out=None, check_positions=True) -> torch.Tensor:
+    """:func:`~ttt_kernels.ops.conv_rotary.ttt_step_inputs` and :func:`ttt_linear_decode_dual` in one
+    launch: each program makes its head's ``q, k, v, lr`` from the projection (stepping the q/k conv
+    state in place) and returns ``q + LN(z_bar)`` ``[B, H, f]`` in ``inputs.xqk``'s dtype."""
+    B, H, f, K, out = check_decode_args_from_projection("mlp_1", TTTDualState, inputs, pos, ln_weight, ln_bias,
+                                                        token_idx_bias, state, out, check_positions)
+    return _launch(B, H, f, K, (None,) * 4, inputs.kernel_args(), pos, ln_weight, ln_bias, token_idx_bias, state, out)
+
+
+@on_input_device
+def _launch(B, H, f, K, qkv_lr, projection: dict, pos, ln_weight, ln_bias, token_idx_bias, state, out):
     check_kernel_sizes(K, f, dot=True)
     W, b = state.weights
     BF = triton.next_power_of_2(f)
     # fp32 state: exact fp32 products; tf32x3 measured 6% slower at f=64 (7% faster at f=96), H100, B=512
     dot_dtype, dot_prec = dot_config(W.dtype)
     ttt_linear_decode_dual_kernel[(B * H,)](
-        q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, out,
-        W, b, state.k_cache, state.v_cache, state.lr_cache,
+        *qkv_lr, pos, ln_weight, ln_bias, token_idx_bias, out,
+        W, b, state.k_cache, state.v_cache, state.lr_cache, **projection,
         H=H, F=f, BF=BF, K=K, DOT_DTYPE=dot_dtype, DOT_PREC=dot_prec, **_launch_config(f, W.dtype),
         **pdl_options(out.device),
     )
