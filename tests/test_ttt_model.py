@@ -118,6 +118,19 @@ def test_inner_net_matches_reference_path(inner_net, device):
                 assert rel_err(t, rt) < 1e-4
 
 
+@pytest.mark.parametrize("inner_net", ["mlp_1_dual_triton", "mlp_2_dual_triton"])
+def test_step_inputs_launch_only_where_the_ttt_kernel_does_not_make_them(inner_net, monkeypatch, device):
+    """mlp_1_dual_triton's TTT kernel makes q, k, v, lr from the projection (ops.conv_rotary's launch
+    never runs); mlp_2_dual_triton keeps that launch (measured faster; tuning log v15)."""
+    model = tiny_model(inner_net, device=device)
+    calls = []
+    launch = ttt_layer._fused_ttt_step_inputs
+    monkeypatch.setattr(ttt_layer, "_fused_ttt_step_inputs", lambda *a: calls.append(1) or launch(*a))
+    cache = model.allocate_inference_cache(2, F16)
+    model.step(torch.tensor([1, 2], device=device), cache)
+    assert len(calls) == (0 if inner_net == "mlp_1_dual_triton" else model.config.num_hidden_layers)
+
+
 def test_triton_mlp_state_w1_layout_follows_the_kernel(device):
     """mlp_2_dual_triton keeps W1 hidden-major where its transposed form runs (a 16-bit state at
     f <= 64), row-major elsewhere and for the other inner nets; with a float16 state the model

@@ -9,10 +9,11 @@ a copy of ``v`` out of the projection's rows and five kernels for the learning r
 µs on ``[B, D]`` rows. One program per (sequence, group of heads): rotary pairs channel ``i``
 with ``i + f/2`` of the same head, so a program holds whole heads.
 
-``TTTStepInputs`` bundles those arguments for the dual-form TTT decode ops' ``*_from_projection``
-variants, whose programs (one per sequence and head) run the same computation for their head
-(:func:`token_from_projection`) instead of loading q, k, v and lr that this launch wrote: one
-launch a layer less, and q, k, v never leave the chip.
+``TTTStepInputs`` bundles those arguments for ``ttt_linear_decode_dual_from_projection``, whose
+programs (one per sequence and head) run the same computation for their head
+(:func:`token_from_projection`) instead of loading the q, k, v and lr this launch wrote: one launch
+a layer fewer (H100, ttt-1b at B=512: 1.8% off the TTT-Linear step). The TTT-MLP kernel measured
+slower with it (its programs' prologue costs more than the launch; tuning log v15) and keeps two.
 
 ``pre_conv_step``: the block's first sub-block, add+RMSNorm -> causal conv -> add+RMSNorm.
 Three launches unfused, each reading and writing the row again (the fp32 residual twice); one
@@ -116,7 +117,8 @@ def token_from_projection(x_ptr, stride_x, vp_ptr, stride_v, logit_ptr, stride_l
     ``F`` (the block is the head) the program's own values with their halves swapped; else each conv
     runs again at the partner columns (loads of the same lines, from L1). The swap keeps q and k in
     the layout the kernel's loads would have given them: computed from loads at the partner offsets
-    instead, the TTT-MLP kernel spilled 72 B a thread instead of 16 (24 with the swap; Triton 3.6, sm_90)."""
+    instead, the TTT-MLP kernel (where it was tried) spilled 72 B a thread instead of 16, 24 with the
+    swap (Triton 3.6, sm_90)."""
     b = bh // H
     h = bh % H
     HALF: tl.constexpr = F // 2
@@ -156,9 +158,9 @@ def load_dual_token(q_ptr, k_ptr, v_ptr, lr_ptr, pos_ptr, ln_w_ptr, ln_b_ptr, ti
                     stride_v, logit_ptr, stride_logit, lr_bias_ptr, lr_scale, cs_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr,
                     cos_ptr, sin_ptr, bh, cols, cm, H: tl.constexpr, F: tl.constexpr, K: tl.constexpr,
                     KC: tl.constexpr, PERIOD: tl.constexpr, FROM_PROJECTION: tl.constexpr):
-    """:func:`~ttt_kernels.ops.triton_utils.load_token` for the dual-form TTT decode kernels: ``q, k,
-    v, lr`` loaded from their tensors, or with ``FROM_PROJECTION`` made from the projection by
-    :func:`token_from_projection` (the ``*_ptr`` of the other way are None)."""
+    """:func:`~ttt_kernels.ops.triton_utils.load_token` for a dual-form TTT decode kernel that may
+    take its token either way: ``q, k, v, lr`` loaded from their tensors, or with ``FROM_PROJECTION``
+    made from the projection by :func:`token_from_projection` (the ``*_ptr`` of the other way are None)."""
     pos = tl.load(pos_ptr + bh // H)
     t, eta = token_phase(pos, tib_ptr, K)
     if FROM_PROJECTION:
@@ -196,8 +198,8 @@ def check_heads_and_rotary(D: int, num_heads: int, cos, sin, device) -> tuple[in
 class TTTStepInputs:
     """One decode token's TTT-op inputs as the block's projection gives them, before the q/k convs,
     the rotary and the learning rate's sigmoid: the arguments of :func:`ttt_step_inputs` but the
-    positions (see there). The dual-form TTT decode ops' ``*_from_projection`` variants take them and
-    run that step in their own programs."""
+    positions (see there). ``ttt_linear_decode_dual_from_projection`` takes them and runs that step
+    in its own programs."""
     xqk: torch.Tensor
     v: torch.Tensor
     lr_logit: torch.Tensor
