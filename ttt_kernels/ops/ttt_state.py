@@ -217,7 +217,8 @@ def check_decode_args_from_projection(inner_net: str, state_type: type, inputs, 
     """:func:`check_decode_args` for a decode op's ``*_from_projection`` variant: ``inputs`` a
     :class:`~ttt_kernels.ops.conv_rotary.TTTStepInputs` in place of ``q, k, v, lr``. Its conv state
     must share no memory with the TTT state or ``out``."""
-    if not hasattr(inputs, "kernel_args"):
+    from .conv_rotary import TTTStepInputs  # here: ops.conv_rotary imports this module
+    if not isinstance(inputs, TTTStepInputs):
         raise TypeError(f"inputs must be a TTTStepInputs, got {type(inputs).__name__}")
     B, H, f, _, _ = inputs.check(pos)
     if B == 0:

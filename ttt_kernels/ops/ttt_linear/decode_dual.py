@@ -93,7 +93,6 @@ def _launch_config(f: int, state_dtype: torch.dtype) -> dict:
     return {"num_warps": 8, "maxnreg": 128}
 
 
-@on_input_device
 def ttt_linear_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias, state: TTTDualState,
                            *, out=None, check_positions=True) -> torch.Tensor:
     """One TTT-Linear decode step, fused; updates ``state`` in place and returns ``q + LN(z_bar)``.
@@ -106,7 +105,6 @@ def ttt_linear_decode_dual(q, k, v, lr, pos, ln_weight, ln_bias, token_idx_bias,
     return _launch(B, H, f, K, (q, k, v, lr), NO_PROJECTION, pos, ln_weight, ln_bias, token_idx_bias, state, out)
 
 
-@on_input_device
 def ttt_linear_decode_dual_from_projection(inputs: TTTStepInputs, pos, ln_weight, ln_bias, token_idx_bias,
                                            state: TTTDualState, *, out=None, check_positions=True) -> torch.Tensor:
     """:func:`~ttt_kernels.ops.conv_rotary.ttt_step_inputs` and :func:`ttt_linear_decode_dual` in one
@@ -117,7 +115,7 @@ def ttt_linear_decode_dual_from_projection(inputs: TTTStepInputs, pos, ln_weight
     return _launch(B, H, f, K, (None,) * 4, inputs.kernel_args(), pos, ln_weight, ln_bias, token_idx_bias, state, out)
 
 
-@on_input_device
+@on_input_device  # the one place the kernel launches: the checks before it run on any current device
 def _launch(B, H, f, K, qkv_lr, projection: dict, pos, ln_weight, ln_bias, token_idx_bias, state, out):
     check_kernel_sizes(K, f, dot=True)
     W, b = state.weights
