@@ -35,7 +35,11 @@ keeps mamba-ssm's ``[B, d_inner, d_conv]`` shift layout; a ring buffer laid out
 ``[B, d_conv, d_inner]`` (indexed by position) writes 12.6 MB less per step but measured
 only 3.2 us faster (16.4 vs 19.6 us at B=512), not worth a layout mamba-ssm cannot read.
 Everything here is shape-static and free of host syncs, so the step can be
-captured in a CUDA graph.
+captured in a CUDA graph. Both kernels launch with programmatic dependent launch
+(``pdl_options``: scheduled while the GEMM before them drains, waiting for its writes
+before their first load): on the H100 the step at B=512 went from 2522 to 2560 GB/s and a
+mamba-1.4b decode step from 8.20 to 8.18 ms. Loading the SSM state tile before dt_proj's
+operands (so that it is in flight while dt is computed) was slower: 2491 GB/s.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..triton_utils import FP_FUSION, conv_state_step, on_input_device
+from ..triton_utils import conv_state_step, on_input_device, pdl_options, wait_for_prior_kernel
 from ..ttt_state import ACT_DTYPES, STATE_DTYPES, _check_tensor, check_out
 from .naive import split_x_db
 
@@ -62,7 +66,8 @@ CONV_BLOCK_D = 512
 @triton.jit
 def _conv_step_kernel(x_ptr, stride_x, cs_ptr, w_ptr, bias_ptr, out_ptr, stride_o, dim,
                       K: tl.constexpr, KP: tl.constexpr, BLOCK_D: tl.constexpr,
-                      HAS_BIAS: tl.constexpr, SILU: tl.constexpr):
+                      HAS_BIAS: tl.constexpr, SILU: tl.constexpr, PDL: tl.constexpr):
+    wait_for_prior_kernel(PDL)
     b = tl.program_id(1).to(tl.int64)
     d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     dm = d < dim
@@ -89,8 +94,9 @@ def _ssm_step_kernel(
     D_ptr, z_ptr, stride_z, out_ptr, stride_o, batch, dim,
     N: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
     DT_PROJ: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, A_IS_LOG: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, DOT_PREC: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_for_prior_kernel(PDL)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     rd = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     n = tl.arange(0, N)
@@ -215,7 +221,7 @@ def _launch_conv(x, conv_state, conv_weight, conv_bias, out, silu: bool) -> None
         x, x.stride(0), conv_state, conv_weight, conv_weight if conv_bias is None else conv_bias,
         out, out.stride(0), d,
         K=K, KP=triton.next_power_of_2(K), BLOCK_D=BD, HAS_BIAS=conv_bias is not None, SILU=silu, num_warps=4,
-        **FP_FUSION,
+        **pdl_options(x.device),
     )
 
 
@@ -237,7 +243,7 @@ def _launch_ssm(ssm_state, x, dt, A, B, C, D, z, dt_bias, dt_proj_weight, out, d
         DT_PROJ=dt_proj_weight is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus,
         A_IS_LOG=a_is_log, HAS_D=D is not None, HAS_Z=z is not None,
         DOT_PREC="ieee" if fp32_dot else "tf32", num_warps=warps, **({"maxnreg": maxnreg} if maxnreg else {}),
-        **FP_FUSION,
+        **pdl_options(x.device),
     )
 
 
