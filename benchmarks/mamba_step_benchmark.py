@@ -1,13 +1,14 @@
 """Time the fused Mamba (v1) decode step per layer (conv + SSM) on the GPU.
 
     python benchmarks/mamba_step_benchmark.py                      # B = 64, 256, 512, 1024
-    python benchmarks/mamba_step_benchmark.py --batch 512 --sweep  # also try SSM tile configs
+    python benchmarks/mamba_step_benchmark.py --batch 512 --sweep  # also try SSM and conv tile configs
     python benchmarks/mamba_step_benchmark.py --json benchmarks/results/mamba_step_h100.json
 
 d_inner 4096, d_state 16, dt_rank 128 (mamba-1.4b), fp16 activations, fp32 state by
 default. Each line is timed with triton.testing.do_bench (median; L2 flushed before each
 run), eagerly and as a CUDA-graph replay. GB/s counts the bytes the line must move:
-for the whole step the states (read + written), x, z, dt_low/B/C in and y out (our
+for the whole step the SSM state (read + written), the conv ring (three earlier inputs
+read, one slot written), x, z, dt_low/B/C in and y out (our
 x_conv round trip through the x_proj GEMM is overhead, not counted); ``floor`` is those
 bytes at the device-to-device copy bandwidth measured at start-up.
 """
@@ -48,7 +49,8 @@ def make_case(B, d, N, R, K, act, state, device="cuda"):
         return (torch.randn(*shape, generator=g, device=device) * scale).to(dtype)
 
     c = dict(
-        xz=randn(B, 2 * d), conv_state=randn(B, d, K), ssm_state=randn(B, d, N, dtype=state),
+        xz=randn(B, 2 * d), conv_state=randn(B, K, d), ssm_state=randn(B, d, N, dtype=state),
+        positions=torch.randint(0, 4096, (B,), generator=g, device=device),
         conv_weight=randn(d, K, scale=0.5), conv_bias=randn(d, scale=0.5),
         x_proj_weight=randn(R + 2 * N, d, scale=d ** -0.5),
         dt_proj_weight=randn(d, R, scale=R ** -0.5), dt_proj_bias=torch.full((d,), -4.0, device=device, dtype=act),
@@ -66,12 +68,13 @@ def lines_for(c, B, d, N, R, K, act, state, ssm_config):
     """name -> (fn, bytes it must move)."""
     from ttt_kernels.ops.mamba import causal_conv1d_update, mamba_step, selective_state_update
     a, s = act.itemsize, state.itemsize
-    ssm_rw, conv_rw, vec = 2 * B * d * N * s, 2 * B * d * K * a, B * d * a
+    # the ring conv state: K - 1 earlier inputs read, one slot written
+    ssm_rw, conv_rw, vec = 2 * B * d * N * s, B * d * K * a, B * d * a
     xdb = B * (R + 2 * N) * a
     must = ssm_rw + conv_rw + 3 * vec + xdb  # states, x and z in, y out, dt_low/B/C in
 
     def conv():
-        causal_conv1d_update(c["x"], c["conv_state"], c["conv_weight"], c["conv_bias"], out=c["xc"])
+        causal_conv1d_update(c["x"], c["conv_state"], c["positions"], c["conv_weight"], c["conv_bias"], out=c["xc"])
 
     def ssm():
         selective_state_update(c["ssm_state"], c["xc"], c["dt_low"], c["A"], c["B"], c["C"], c["D"], c["z"],
@@ -79,7 +82,7 @@ def lines_for(c, B, d, N, R, K, act, state, ssm_config):
                                ssm_config=ssm_config)
 
     def step():
-        mamba_step(c["x"], c["z"], c["conv_state"], c["ssm_state"], c["conv_weight"], c["conv_bias"],
+        mamba_step(c["x"], c["z"], c["conv_state"], c["ssm_state"], c["positions"], c["conv_weight"], c["conv_bias"],
                    c["x_proj_weight"], c["dt_proj_weight"], c["dt_proj_bias"], c["A_log"], c["D"], out=c["y"],
                    ssm_config=ssm_config)
 
@@ -105,7 +108,9 @@ def mamba_ssm_lines(c, B, d, N, R, K, act, state, must, ssm_rw, vec, xdb):
         ccu = None
     # mamba-ssm takes dt already projected to [B, d_inner]
     dt = F.linear(c["dt_low"], c["dt_proj_weight"])
-    cs, h = c["conv_state"].clone(), c["ssm_state"].clone()
+    from ttt_kernels.ops.mamba import ring_window
+    cs = ring_window(c["conv_state"], c["positions"] - 1).contiguous()  # mamba-ssm's window [B, d_inner, d_conv]
+    h = c["ssm_state"].clone()
     x, z = c["x"].contiguous(), c["z"].contiguous()
 
     def ssm_only():
@@ -139,6 +144,22 @@ def sweep(c, B, d, N, R, K, act, state):
     return sorted(res)
 
 
+def sweep_conv(c):
+    """CUDA-graph time of the conv kernel per config (rows, channels, warps); best first."""
+    from ttt_kernels.ops.mamba import causal_conv1d_update, decode
+    res, default = [], decode.CONV_CONFIG
+    try:
+        for cfg in itertools.product((1, 2, 4, 8), (128, 256, 512, 1024), (2, 4, 8)):
+            if cfg[0] * cfg[1] > 4096 or cfg[0] * cfg[1] < 32 * cfg[2]:
+                continue
+            decode.CONV_CONFIG = cfg
+            res.append((bench(lambda: causal_conv1d_update(c["x"], c["conv_state"], c["positions"], c["conv_weight"],
+                                                           c["conv_bias"], out=c["xc"]), graph=True), cfg))
+    finally:
+        decode.CONV_CONFIG = default
+    return sorted(res)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, nargs="+", default=[64, 256, 512, 1024])
@@ -151,7 +172,7 @@ def main(argv=None):
     p.add_argument("--ssm-config", type=int, nargs=4, metavar=("ROWS", "CHANNELS", "WARPS", "MAXNREG"), default=None,
                    help="SSM kernel tile and register cap, 0 for none "
                         "(default: ttt_kernels.ops.mamba.decode.SSM_CONFIG)")
-    p.add_argument("--sweep", action="store_true", help="also time the SSM kernel over tile configs")
+    p.add_argument("--sweep", action="store_true", help="also time the SSM and conv kernels over tile configs")
     p.add_argument("--json", metavar="PATH", help="write the results with ttt_kernels.utils.benchmarking.write_results")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -191,6 +212,10 @@ def main(argv=None):
             print(f"{B:>5} | ssm tile sweep (rows, channels, warps, register cap), eager µs: "
                   + ", ".join(f"{cfg}: {us:.1f}" for us, cfg in best[:6]))
             rows.append(dict(B=B, line="ssm tile sweep", results=[dict(config=cfg, eager_us=us) for us, cfg in best]))
+            best = sweep_conv(c)
+            print(f"{B:>5} | conv sweep (rows, channels, warps), graph µs: "
+                  + ", ".join(f"{cfg}: {us:.1f}" for us, cfg in best[:6]))
+            rows.append(dict(B=B, line="conv sweep", results=[dict(config=cfg, graph_us=us) for us, cfg in best]))
         del c
         torch.cuda.empty_cache()
 

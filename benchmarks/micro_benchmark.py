@@ -20,8 +20,10 @@ fp32 state and fp16 activations; the weights are a seeded ``Mamba`` mixer's. The
 runs between in_proj and out_proj. Before the timings of each batch size our fused step
 is cross-checked against the reference and against mamba-ssm's kernels (where they
 import) from the same state and input: the relative errors are printed and kept in the
-JSON. The floor counts per sequence both states read and written, x and z read, y
-written and x_proj's output read, plus the step's weights once (``Mamba.step_bytes``).
+JSON. The floor counts per sequence the SSM state read and written, the conv ring's
+three earlier inputs read and one slot written, x and z read, y written and x_proj's
+output read, plus the step's weights once (``Mamba.step_bytes``). mamba-ssm's line keeps
+its own conv state layout (the window ``[B, d_inner, d_conv]``, shifted each step).
 
 A step's time is the mean over one whole mini-batch cycle: 16 consecutive steps (so
 the 1-in-16 TTT weight update is in), each with its own pre-built position tensor
@@ -317,22 +319,25 @@ class MambaBench(Bench):
 
     def inputs(self, B):
         """16 steps' pre-generated ``xz [B, 2 d_inner]`` (x and z are its column halves, as
-        in_proj leaves them), kept for the current batch size; a new size is cross-checked."""
+        in_proj leaves them) and positions (ragged: the conv rings wrap at different steps),
+        kept for the current batch size; a new size is cross-checked."""
         if self.batch != B:
             self.batch = None
-            d = self.mixer.d_inner
+            d, k = self.mixer.d_inner, self.mixer.d_conv
             self.xz = [torch.randn(B, 2 * d, generator=self.gen, device=DEVICE).to(self.adt) for _ in range(K)]
+            base = 2048 + torch.randint(0, k, (B,), generator=self.gen, device=DEVICE)
+            self.pos = [base + i for i in range(K)]
             self.out = torch.empty(B, d, dtype=self.adt, device=DEVICE)
             self.cross_check(B)
             self.batch = B
-        return self.xz
+        return self.xz, self.pos
 
     def state(self, B):
-        """Random conv and SSM states (every value reachable by decoding)."""
-        cs, h = self.mixer.allocate_inference_cache(B, state_dtype=self.sdt)
-        cs.normal_(generator=self.gen)
-        h.normal_(generator=self.gen)
-        return cs, h
+        """Random conv ring and SSM state (every value reachable by decoding)."""
+        cache = self.mixer.allocate_inference_cache(B, state_dtype=self.sdt)
+        for t in cache.tensors():
+            t.normal_(generator=self.gen)
+        return cache.conv_state, cache.ssm_state
 
     def mamba_ssm_step(self):
         """mamba-ssm's step on our arguments (its kernels want contiguous x and z, and dt
@@ -349,42 +354,48 @@ class MambaBench(Bench):
         return step
 
     def steps(self, line, B):
+        from ttt_kernels.ops.mamba import ring_window
         base, fn = line.removesuffix(" CG"), self.op(line)
-        xz, d = self.inputs(B), self.mixer.d_inner
+        (xz, pos), d = self.inputs(B), self.mixer.d_inner
         cs, h = self.state(B)
         w = self.mixer.step_weights()
         if base == "fused":
             def step(i):
-                fn(xz[i][:, :d], xz[i][:, d:], cs, h, *w, out=self.out)
+                fn(xz[i][:, :d], xz[i][:, d:], cs, h, pos[i], *w, out=self.out)
         elif base == "ref":  # computes in fp32 and returns a new tensor
             def step(i):
-                fn(xz[i][:, :d], xz[i][:, d:], cs, h, *w)
-        else:
+                fn(xz[i][:, :d], xz[i][:, d:], cs, h, pos[i], *w)
+        else:  # mamba-ssm's conv state is the window [B, d_inner, d_conv]
             theirs = self.mamba_ssm_step()
             xs, zs = [t[:, :d].contiguous() for t in xz], [t[:, d:].contiguous() for t in xz]
+            window = ring_window(cs, pos[0] - 1).contiguous()
 
             def step(i):
-                theirs(xs[i], zs[i], cs, h)
+                theirs(xs[i], zs[i], window, h)
         return [lambda i=i: step(i) for i in range(K)]
 
     def cross_check(self, B):
         """Our fused step against the reference and mamba-ssm's kernels: one step from the
         same state and input; max |error| / max |reference| of y and both states."""
-        from ttt_kernels.ops.mamba import mamba_step, mamba_step_ref
+        from ttt_kernels.ops.mamba import mamba_step, mamba_step_ref, ring_window
 
         def rel(a, ref):
             return ((a.double() - ref.double()).abs().max() / ref.double().abs().max().clamp_min(1e-30)).item()
         d, w = self.mixer.d_inner, self.mixer.step_weights()
-        x, z = self.xz[0][:, :d], self.xz[0][:, d:]
+        x, z, pos = self.xz[0][:, :d], self.xz[0][:, d:], self.pos[0]
         cs, h = self.state(B)
-        states = {name: (cs.clone(), h.clone()) for name in ("fused", "ref", "mamba_ssm")}
-        y = {"fused": mamba_step(x, z, *states["fused"], *w),
-             "ref": mamba_step_ref(x, z, *states["ref"], *w)}
+        states = {name: (cs.clone(), h.clone()) for name in ("fused", "ref")}
+        # mamba-ssm's conv state is the window [B, d_inner, d_conv]: compared as such
+        states["mamba_ssm"] = (ring_window(cs, pos - 1).contiguous(), h.clone())
+        y = {"fused": mamba_step(x, z, *states["fused"], pos, *w),
+             "ref": mamba_step_ref(x, z, *states["ref"], pos, *w)}
         if not isinstance(self.ops["mamba_ssm"], Exception):
             try:  # theirs failing must not cost our lines
                 y["mamba_ssm"] = self.mamba_ssm_step()(x.contiguous(), z.contiguous(), *states["mamba_ssm"])
             except Exception as e:
                 self.notes.append(f"mamba_ssm cross-check B={B}: {type(e).__name__}: {first_line(e)}")
+        for name in ("fused", "ref"):
+            states[name] = (ring_window(states[name][0], pos), states[name][1])
         for other in [k for k in y if k != "fused"]:
             errs = {"y": rel(y["fused"], y[other]), "conv_state": rel(states["fused"][0], states[other][0]),
                     "ssm_state": rel(states["fused"][1], states[other][1])}

@@ -131,8 +131,9 @@ def test_mamba_next_to_ttt_cpu_smoke(tmp_path):
     data = json.loads((tmp_path / "decode_ttt-tiny+mamba-tiny_mlp_1_dual_fp16_eager_b1-2.json").read_text())
     mamba = [row for row in data["rows"] if row["run"] == "mamba-tiny eager"]
     assert [row["batch"] for row in mamba] == [1, 2]
-    # 2 layers x 256 channels: fp32 SSM (16) and fp16 conv (4) states read and written, plus x, z, y, dt_low/B/C
-    per_seq = 2 * (2 * 256 * (16 * 4 + 4 * 2) + 3 * 256 * 2 + (8 + 32) * 2)
+    # 2 layers x 256 channels: the fp32 SSM state (16) read and written, the fp16 conv ring (4) three
+    # slots read and one written, plus x, z, y, dt_low/B/C
+    per_seq = 2 * (2 * 256 * 16 * 4 + 256 * 4 * 2 + 3 * 256 * 2 + (8 + 32) * 2)
     assert mamba[1]["bytes_per_step_gb"] - mamba[0]["bytes_per_step_gb"] == pytest.approx(per_seq / 1e9)
 
 

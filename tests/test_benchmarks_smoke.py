@@ -145,9 +145,11 @@ def test_micro_benchmark_lines_run_at_toy_sizes(benchmark_module, monkeypatch, c
     for c in bench.checks:
         assert c["batch"] == 3 and c["conv_state"] == 0 and c["y"] < 1e-2 and c["ssm_state"] < 1e-4, c
     assert "cross-check, fused vs mamba_ssm" in capsys.readouterr().err
-    m = bench.mixer  # d_inner 64, dt_rank 2: per sequence both states twice, x, z, y, dt_low/B/C; the weights
+    # d_inner 64, dt_rank 2: per sequence the SSM state twice, the conv ring once (3 slots read, 1
+    # written), x, z, y, dt_low/B/C; the weights
+    m = bench.mixer
     weights = 64 * 4 * 2 + 64 * 2 + 34 * 64 * 2 + 64 * 2 * 2 + 64 * 2 + 64 * 16 * 4 + 64 * 4
-    assert bench.floor_bytes(3) == m.step_bytes(3) == 3 * (2 * 64 * (16 * 4 + 4 * 2) + 3 * 64 * 2 + 34 * 2) + weights
+    assert bench.floor_bytes(3) == m.step_bytes(3) == 3 * (2 * 64 * 16 * 4 + 64 * 4 * 2 + 3 * 64 * 2 + 34 * 2) + weights
 
     ttt = mb.TTTBench(mb.parse_args(["--inner_net", "mlp_1", "--heads", "1", "--head_dim", "16"]))
     for line in ("dual", "primal"):

@@ -3,11 +3,13 @@ reference scan, save/load, configs and bad input (CPU, Triton's interpreter, fp3
 GPU, CUDA-graph vs eager generation of mamba-1.4b and a cross-check against mamba-ssm."""
 
 import re
+from dataclasses import replace
 
 import pytest
 import torch
 
 from ttt_kernels.models import MAMBA_CONFIGS, TTTLM, MambaLM, get_config
+from ttt_kernels.modules.mamba import MambaLayerCache
 from ttt_kernels.utils.generation import DecodeStep, InferenceCache, generate
 
 V = 32000
@@ -45,7 +47,7 @@ def rel_err(x, ref):
 
 
 def states(cache):
-    return [t for layer in cache.layers for t in layer]
+    return [t for layer in cache.layers for t in layer.tensors()]
 
 
 def random_ids(shape, seed, device):
@@ -141,8 +143,9 @@ def test_generate_eager_cpu():
 
 def test_named_configs_and_roofline_bytes():
     """Every config builds; mamba-1.4b's numbers the roofline uses: d_inner 4096, dt_rank 128,
-    13.5 MiB (14.16 MB) of state per sequence (fp32 SSM, fp16 conv), read and written each
-    step, plus activations and 2.68 GB of fp16 weights (1.33B parameters at a 32000 vocab)."""
+    13.5 MiB (14.16 MB) of state per sequence (fp32 SSM, fp16 conv ring); a step reads and
+    writes the SSM state, reads three of the ring's four slots and writes one, and moves the
+    activations and 2.68 GB of fp16 weights (1.33B parameters at a 32000 vocab)."""
     for name in MAMBA_CONFIGS:
         MambaLM(get_config(name), device="meta", dtype=torch.float16, init=False)
     m = MambaLM(get_config("mamba-1.4b"), device="meta", dtype=torch.float16, init=False)
@@ -153,7 +156,8 @@ def test_named_configs_and_roofline_bytes():
     assert 1.33e9 < sum(p.numel() for p in m.parameters()) < 1.34e9
     weights = m.decode_weight_bytes()
     assert 2.67e9 < weights < 2.68e9
-    per_seq = 2 * state + 48 * (3 * 4096 + 128 + 32) * 2  # states twice; x, z, y; dt_low, B, C
+    ssm, conv = 48 * 4096 * 16 * 4, 48 * 4096 * 4 * 2
+    per_seq = 2 * ssm + conv + 48 * (3 * 4096 + 128 + 32) * 2  # SSM state twice, the ring once; x, z, y; dt_low, B, C
     assert m.decode_bytes_per_step(512) == 512 * per_seq + weights
     with pytest.raises(ValueError, match="MambaConfig"):
         TTTLM.from_name("mamba-tiny")
@@ -230,13 +234,13 @@ def with_layer(cache, i, j, how):
     """A cache sharing ``cache``'s tensors but for layer ``i``'s state ``j`` (0 conv, 1 SSM) in dtype
     ``how``, or non-contiguous (``"strided"``)."""
     layers = list(cache.layers)
-    states = list(layers[i])
+    states = layers[i].tensors()
     t = states[j]
     if how == "strided":
         states[j] = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)[..., ::2].copy_(t)
     else:
         states[j] = t.to(how)
-    layers[i] = tuple(states)
+    layers[i] = MambaLayerCache(*states, cache.positions)
     return InferenceCache(layers, cache.positions)
 
 
@@ -268,8 +272,10 @@ def test_bad_input_is_rejected_and_leaves_the_cache_alone(device):
          lambda: model.prefill(ids[:, None], with_layer(cache, 1, 1, torch.int32))),
         (ValueError, "cache layer 1: conv_state must be contiguous",
          lambda: model.step(ids, with_layer(cache, 1, 0, "strided"))),
-        (ValueError, "cache layer 1: cache must be a (conv_state, ssm_state) pair",
-         lambda: model.step(ids, InferenceCache([cache.layers[0], (*cache.layers[1], cache.layers[1][1])],
+        (TypeError, "cache layer 1: cache must be a MambaLayerCache",
+         lambda: model.step(ids, InferenceCache([cache.layers[0], tuple(cache.layers[1].tensors())], cache.positions))),
+        (ValueError, "cache layer 1: its positions are not the cache's",
+         lambda: model.step(ids, InferenceCache([cache.layers[0], replace(cache.layers[1], positions=ids.clone())],
                                                 cache.positions))),
     ]
     for exc, match, call in bad_calls:

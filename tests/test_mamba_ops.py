@@ -6,7 +6,8 @@ import torch
 
 from ttt_kernels.modules.mamba import Mamba
 from ttt_kernels.ops.mamba import (causal_conv1d_update, causal_conv1d_update_ref, mamba_scan_ref, mamba_step,
-                                   mamba_step_ref, selective_state_update, selective_state_update_ref)
+                                   mamba_step_ref, ring_store, ring_window, selective_state_update,
+                                   selective_state_update_ref)
 from ttt_kernels.ops.triton_utils import interpreting
 
 ACT = [torch.float32, torch.float16, torch.bfloat16]
@@ -44,8 +45,19 @@ def make_params(d, N=16, R=5, K=4, dtype=torch.float32, device="cpu", seed=0):
 
 
 def make_states(B, d, N=16, K=4, act=torch.float32, state=torch.float32, device="cpu", seed=1):
+    """The ring conv state ``[B, K, d]``, the SSM state and each sequence's position (ragged,
+    one at 0, so the ring's slots wrap at different steps)."""
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(B, d, K, generator=g).to(device, act), torch.randn(B, d, N, generator=g).to(device, state))
+    pos = torch.arange(B, device=device) * 3 % 11
+    return (torch.randn(B, K, d, generator=g).to(device, act), torch.randn(B, d, N, generator=g).to(device, state),
+            pos)
+
+
+def ring_from_window(window, last):
+    """A ring state holding the conv window ``[B, d, K]`` of the inputs up to position ``last``."""
+    ring = window.new_zeros(window.shape[0], window.shape[2], window.shape[1])
+    ring_store(ring, window, last)
+    return ring
 
 
 def poisoned(B, d, dtype, device):
@@ -60,14 +72,17 @@ def poisoned(B, d, dtype, device):
 def test_conv_update_matches_ref(dtype, device):
     B, d = 3, 80
     w, b = make_params(d, dtype=dtype, device=device)[:2]
-    cs, _ = make_states(B, d, act=dtype, device=device)
+    cs, _, pos = make_states(B, d, act=dtype, device=device)
     cs64 = cs.double()
-    for step in range(5):
+    for step in range(6):  # past the 4-slot ring's wrap for every sequence
         x = torch.randn(B, 2 * d, device=device).to(dtype)[:, :d]  # a row-strided view, like in_proj's half
-        out = causal_conv1d_update(x, cs, w, b, out=poisoned(B, d, dtype, device))
-        ref = causal_conv1d_update_ref(x.double(), cs64, w, b)
+        out = causal_conv1d_update(x, cs, pos, w, b, out=poisoned(B, d, dtype, device))
+        window = ring_window(cs64, pos - 1)
+        ref = causal_conv1d_update_ref(x.double(), window, w, b)
+        ring_store(cs64, window, pos)
         assert_rel(out, ref, TOL[dtype], f"conv step {step}")
         assert torch.equal(cs.double(), cs64), "the conv state holds the raw inputs, exactly"
+        pos += 1
 
 
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -76,7 +91,7 @@ def test_selective_state_update_matches_ref(state_dtype, low_rank_dt, device):
     B, d, N, R = 5, 48, 16, 5
     _, _, _, dt_w, dt_b, A_log, D = make_params(d, N, R, device=device)
     A = -torch.exp(A_log)
-    _, h = make_states(B, d, N, state=state_dtype, device=device)
+    _, h, _ = make_states(B, d, N, state=state_dtype, device=device)
     h64 = h.double()
     tol = 1e-4 if state_dtype == torch.float32 else 1e-2
     for step in range(5):
@@ -114,15 +129,16 @@ def test_mamba_step_vs_float64_reference(dtype, device):
     # 3 sequences and 80 channels: neither fills a 16 x 32 tile, so the masks are exercised
     B, d, N, R, steps = 3, 80, 16, 5, 40
     params = make_params(d, N, R, dtype=dtype, device=device)
-    cs, h = make_states(B, d, N, act=dtype, device=device)
+    cs, h, pos = make_states(B, d, N, act=dtype, device=device)
     cs64, h64 = cs.double(), h.double()
     g = torch.Generator().manual_seed(2)
     for step in range(steps):
         xz = torch.randn(B, 2 * d, generator=g).to(device, dtype)
         x, z = xz[:, :d], xz[:, d:]
-        y = mamba_step(x, z, cs, h, *params, out=poisoned(B, d, dtype, device))
-        ref = mamba_step_ref(x.double(), z.double(), cs64, h64, *params)
+        y = mamba_step(x, z, cs, h, pos, *params, out=poisoned(B, d, dtype, device))
+        ref = mamba_step_ref(x.double(), z.double(), cs64, h64, pos, *params)
         assert_rel(y, ref, TOL[dtype], f"{dtype} y at step {step}")
+        pos += 1
     assert torch.equal(cs.double(), cs64)
     assert_rel(h, h64, TOL[dtype], f"{dtype} ssm state after {steps} steps")
 
@@ -135,17 +151,20 @@ def test_prefill_then_decode_equals_full_scan(T, device):
     g = torch.Generator().manual_seed(3)
     xz = torch.randn(B, T + S, 2 * d, generator=g).to(device, dtype)
     x, z = xz[..., :d], xz[..., d:]
-    cs0, h0 = make_states(B, d, N, act=dtype, device=device)  # continuing from a non-zero state
+    ring0, h0, pos = make_states(B, d, N, act=dtype, device=device)  # continuing from a non-zero state
+    cs0 = ring_window(ring0, pos - 1)  # the scan takes (and returns) mamba-ssm's window
     y_all, cs_all, h_all = mamba_scan_ref(x.double(), z.double(), *params, conv_state=cs0.double(),
                                           ssm_state=h0.double())
 
     _, cs, h = mamba_scan_ref(x[:, :T].double(), z[:, :T].double(), *params, conv_state=cs0.double(),
                               ssm_state=h0.double())
-    cs, h = cs.to(dtype), h.float()  # the decode cache's dtypes
+    pos = pos + T
+    cs, h = ring_from_window(cs.to(dtype), pos - 1), h.float()  # the decode cache's layout and dtypes
     for s in range(S):
-        y = mamba_step(x[:, T + s], z[:, T + s], cs, h, *params, out=poisoned(B, d, dtype, device))
+        y = mamba_step(x[:, T + s], z[:, T + s], cs, h, pos, *params, out=poisoned(B, d, dtype, device))
         assert_rel(y, y_all[:, T + s], TOL[dtype], f"decode step {s} after a {T}-token prefill")
-    assert torch.equal(cs.double(), cs_all)
+        pos += 1
+    assert torch.equal(ring_window(cs, pos - 1).double(), cs_all)
     assert_rel(h, h_all, TOL[dtype], "ssm state")
 
 
@@ -153,7 +172,8 @@ def test_scan_ragged_lengths_equal_per_sequence_scans(device):
     B, d, N, R, T = 3, 48, 16, 5, 6
     params = make_params(d, N, R, dtype=torch.float64, device=device)
     x, z = torch.randn(2, B, T, d, dtype=torch.float64, device=device)
-    cs0, h0 = make_states(B, d, N, act=torch.float64, state=torch.float64, device=device)
+    ring0, h0, pos = make_states(B, d, N, act=torch.float64, state=torch.float64, device=device)
+    cs0 = ring_window(ring0, pos - 1)
     lengths = torch.tensor([6, 0, 3], device=device)
     y, cs, h = mamba_scan_ref(x, z, *params, conv_state=cs0, ssm_state=h0, lengths=lengths)
     for b, L in enumerate(lengths.tolist()):
@@ -169,11 +189,13 @@ def test_scan_ref_is_step_ref_repeated(device):
     B, d, N, R, T = 2, 48, 16, 5, 9
     params = make_params(d, N, R, dtype=torch.float64, device=device)
     x, z = torch.randn(2, B, T, d, dtype=torch.float64, device=device)
-    cs, h = make_states(B, d, N, act=torch.float64, state=torch.float64, device=device)
-    y, cs_scan, h_scan = mamba_scan_ref(x, z, *params, conv_state=cs, ssm_state=h)
+    cs, h, pos = make_states(B, d, N, act=torch.float64, state=torch.float64, device=device)
+    y, cs_scan, h_scan = mamba_scan_ref(x, z, *params, conv_state=ring_window(cs, pos - 1), ssm_state=h)
     for t in range(T):
-        torch.testing.assert_close(mamba_step_ref(x[:, t], z[:, t], cs, h, *params), y[:, t], rtol=1e-10, atol=1e-12)
-    assert torch.equal(cs, cs_scan)
+        torch.testing.assert_close(mamba_step_ref(x[:, t], z[:, t], cs, h, pos, *params), y[:, t], rtol=1e-10,
+                                   atol=1e-12)
+        pos += 1
+    assert torch.equal(ring_window(cs, pos - 1), cs_scan)
     torch.testing.assert_close(h, h_scan, rtol=1e-10, atol=1e-12)
 
 
@@ -189,11 +211,14 @@ def test_mixer_step_equals_prefill(use_triton, device):
     cache_p = m.allocate_inference_cache(B)
     y_p = m.prefill(hidden, cache_p)
     cache_s = m.allocate_inference_cache(B)
-    y_s = torch.stack([m.step(hidden[:, t], cache_s) for t in range(T)], dim=1)
-    assert_rel(y_s, y_p, 1e-4, "stepped vs prefilled outputs")
+    y_s = []
+    for t in range(T):
+        y_s.append(m.step(hidden[:, t], cache_s))
+        cache_s.positions += 1  # the layer leaves its positions to their owner
+    assert_rel(torch.stack(y_s, dim=1), y_p, 1e-4, "stepped vs prefilled outputs")
     # the conv state holds in_proj outputs: on the GPU the [B*T, d] and [B, d] GEMMs round differently
-    assert_rel(cache_s[0], cache_p[0], 1e-5, "conv state")
-    assert_rel(cache_s[1], cache_p[1], 1e-4, "ssm state")
+    assert_rel(cache_s.conv_state, cache_p.conv_state, 1e-5, "conv state")
+    assert_rel(cache_s.ssm_state, cache_p.ssm_state, 1e-4, "ssm state")
 
 
 def test_mixer_ragged_prefill_then_step(device):
@@ -203,13 +228,16 @@ def test_mixer_ragged_prefill_then_step(device):
     lengths = torch.tensor([7, 2, 5])
     cache = m.allocate_inference_cache(B)
     m.prefill(hidden[:, :T], cache, lengths=lengths)
+    cache.positions += lengths.to(device)
     nxt = hidden[torch.arange(B), lengths]  # each sequence's next token
     y = m.step(nxt, cache)
     for b, L in enumerate(lengths.tolist()):
         cache_b = m.allocate_inference_cache(1)
         y_b = m.prefill(hidden[b:b + 1, :L + 1], cache_b)
         assert_rel(y[b], y_b[0, L], 1e-4, f"sequence {b}")
-        assert_rel(cache[1][b], cache_b[1][0], 1e-4, f"sequence {b} ssm state")
+        assert_rel(cache.ssm_state[b], cache_b.ssm_state[0], 1e-4, f"sequence {b} ssm state")
+        assert_rel(ring_window(cache.conv_state[b:b + 1], cache.positions[b:b + 1]),
+                   ring_window(cache_b.conv_state, torch.tensor([L], device=device)), 1e-5, f"sequence {b} conv state")
     with pytest.raises(ValueError, match="lengths"):
         m.prefill(hidden, m.allocate_inference_cache(B), lengths=torch.tensor([1, 2, 99]))
 
@@ -233,10 +261,10 @@ def test_mixer_init_like_mamba_ssm():
 def _step_args(device, dtype=torch.float16):
     B, d, N, R = 3, 48, 16, 5
     xz = torch.randn(B, 2 * d, device=device).to(dtype)
-    cs, h = make_states(B, d, N, act=dtype, device=device)
-    return dict(zip(["x", "z", "conv_state", "ssm_state", "conv_weight", "conv_bias", "x_proj_weight",
+    cs, h, pos = make_states(B, d, N, act=dtype, device=device)
+    return dict(zip(["x", "z", "conv_state", "ssm_state", "positions", "conv_weight", "conv_bias", "x_proj_weight",
                      "dt_proj_weight", "dt_proj_bias", "A_log", "D"],
-                    [xz[:, :d], xz[:, d:], cs, h, *make_params(d, N, R, dtype=dtype, device=device)]))
+                    [xz[:, :d], xz[:, d:], cs, h, pos, *make_params(d, N, R, dtype=dtype, device=device)]))
 
 
 def _noncontiguous(t):
@@ -249,9 +277,12 @@ BAD_STEP_ARGS = [
     ("x", lambda a: _noncontiguous(a["x"]), ValueError),
     ("z", lambda a: a["z"][:2], ValueError),
     ("z", lambda a: a["z"].float(), TypeError),
-    ("conv_state", lambda a: a["conv_state"][..., :3], ValueError),
+    ("conv_state", lambda a: a["conv_state"][..., :40], ValueError),
+    ("conv_state", lambda a: a["conv_state"].transpose(1, 2).contiguous(), ValueError),  # mamba-ssm's layout
     ("conv_state", lambda a: _noncontiguous(a["conv_state"]), ValueError),
     ("conv_state", lambda a: a["conv_state"].tolist(), ValueError),
+    ("positions", lambda a: a["positions"].float(), TypeError),
+    ("positions", lambda a: a["positions"][:2], ValueError),
     ("ssm_state", lambda a: a["ssm_state"].double(), TypeError),
     ("ssm_state", lambda a: _noncontiguous(a["ssm_state"]), ValueError),
     ("ssm_state", lambda a: a["ssm_state"][:, :, :12], ValueError),
@@ -307,7 +338,7 @@ def test_single_ops_reject_bad_input(device):
     assert torch.equal(a["ssm_state"], h0)
     cs0 = a["conv_state"].clone()
     with pytest.raises(ValueError, match="conv_weight"):
-        causal_conv1d_update(a["x"], a["conv_state"], a["conv_weight"][:, :3])
+        causal_conv1d_update(a["x"], a["conv_state"], a["positions"], a["conv_weight"][:, :3])
     assert torch.equal(a["conv_state"], cs0)
 
 
@@ -335,17 +366,17 @@ def test_cross_check_mamba_ssm(dtype):
     B, d, N, R = 64, 512, 16, 32
     params = make_params(d, N, R, dtype=dtype, device="cuda")
     conv_w, conv_b, x_proj, dt_w, dt_b, A_log, D = params
-    cs, h = make_states(B, d, N, act=dtype, device="cuda")
-    cs_m, h_m = cs.clone(), h.clone()
+    cs, h, pos = make_states(B, d, N, act=dtype, device="cuda")
+    cs_m, h_m = ring_window(cs, pos - 1).contiguous(), h.clone()  # mamba-ssm's conv window
     xz = torch.randn(B, 2 * d, device="cuda").to(dtype)
     x, z = xz[:, :d], xz[:, d:]
-    y = mamba_step(x, z, cs, h, *params)
+    y = mamba_step(x, z, cs, h, pos, *params)
     # mamba-ssm's own step: conv update, x_proj, dt_proj GEMM, selective_state_update
     if ccu is not None:
         xc = ccu(x.contiguous(), cs_m, conv_w, conv_b, "silu")
-        assert torch.equal(cs, cs_m)
+        assert torch.equal(ring_window(cs, pos), cs_m)
     else:
-        xc = causal_conv1d_update(x, cs_m, conv_w, conv_b)
+        xc = causal_conv1d_update(x, ring_from_window(cs_m, pos - 1), pos, conv_w, conv_b)
     dt_low, Bm, Cm = torch.nn.functional.linear(xc, x_proj).split([R, N, N], dim=-1)
     dt = torch.nn.functional.linear(dt_low, dt_w)
     y_m = ssu(h_m, xc, dt, -torch.exp(A_log), Bm, Cm, D, z=z.contiguous(), dt_bias=dt_b, dt_softplus=True)
@@ -360,26 +391,28 @@ def test_full_size_step_gpu():
     B, d, N, R = 512, 4096, 16, 128
     dtype = torch.float16
     params = make_params(d, N, R, dtype=dtype, device="cuda")
-    cs, h = make_states(B, d, N, act=dtype, device="cuda")
+    cs, h, _ = make_states(B, d, N, act=dtype, device="cuda")
+    pos = torch.randint(0, 1000, (B,), device="cuda")
     cs_r, h_r = cs.float(), h.clone()
     for step in range(4):
         xz = torch.randn(B, 2 * d, device="cuda").to(dtype)
-        y = mamba_step(xz[:, :d], xz[:, d:], cs, h, *params, out=poisoned(B, d, dtype, "cuda"))
-        y_r = mamba_step_ref(xz[:, :d].float(), xz[:, d:].float(), cs_r, h_r, *params)
+        y = mamba_step(xz[:, :d], xz[:, d:], cs, h, pos, *params, out=poisoned(B, d, dtype, "cuda"))
+        y_r = mamba_step_ref(xz[:, :d].float(), xz[:, d:].float(), cs_r, h_r, pos, *params)
         assert_rel(y, y_r, 1e-2, f"y at step {step}")
+        pos += 1
     assert torch.equal(cs.float(), cs_r)
     assert_rel(h, h_r, 1e-2, "ssm state")
 
     xz = torch.randn(B, 2 * d, device="cuda").to(dtype)
     cs_e, h_e = cs.clone(), h.clone()
-    y_e = mamba_step(xz[:, :d], xz[:, d:], cs_e, h_e, *params)
+    y_e = mamba_step(xz[:, :d], xz[:, d:], cs_e, h_e, pos, *params)
     out = torch.empty(B, d, dtype=dtype, device="cuda")
     cs_g, h_g = cs.clone(), h.clone()
-    mamba_step(xz[:, :d], xz[:, d:], cs_g.clone(), h_g.clone(), *params, out=out)  # compile outside capture
+    mamba_step(xz[:, :d], xz[:, d:], cs_g.clone(), h_g.clone(), pos, *params, out=out)  # compile outside capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        mamba_step(xz[:, :d], xz[:, d:], cs_g, h_g, *params, out=out)
+        mamba_step(xz[:, :d], xz[:, d:], cs_g, h_g, pos, *params, out=out)
     out.fill_(float("nan"))
     graph.replay()
     torch.cuda.synchronize()

@@ -6,8 +6,9 @@ no MLP), on the same skeleton, cache conventions and generation as the TTT LMs:
     x = x + Mamba(RMSNorm(x))       # per block
     logits = RMSNorm(x) @ embedding^T
 
-The decode state per layer is ``(conv_state [B, d_inner, d_conv], ssm_state [B, d_inner,
-d_state])``, the conv state in the activation dtype and the SSM state fp32 by default.
+The decode state per layer is a ``MambaLayerCache``: the ring ``conv_state [B, d_conv,
+d_inner]`` in the activation dtype, ``ssm_state [B, d_inner, d_state]`` fp32 by default, and
+the model's shared positions.
 The step runs the fused Triton conv + SSM kernels (``use_triton``, default) or the
 PyTorch reference step; prefill runs the reference scan.
 """
@@ -76,17 +77,21 @@ class MambaLM(RecurrentLM):
         says otherwise. ``reset()`` zeroes them in place."""
         state_dtype = torch.float32 if state_dtype is None else state_dtype
         positions = torch.zeros(batch, dtype=torch.int64, device=self.device)
-        layers = [blk.mixer.allocate_inference_cache(batch, state_dtype=state_dtype) for blk in self.layers]
+        layers = [blk.mixer.allocate_inference_cache(batch, state_dtype=state_dtype, positions=positions)
+                  for blk in self.layers]
         return InferenceCache(layers, positions)
 
     def _check_layer_cache(self, blk: MambaBlock, c, cache: InferenceCache) -> None:
         blk.mixer.check_cache(c, cache.batch_size)
+        if c.positions is not cache.positions:  # the model advances only its own
+            raise ValueError("its positions are not the cache's: allocate it with allocate_inference_cache")
 
     def decode_bytes_per_step(self, batch: int, state_dtype=None) -> int:
         """Per step: each layer's states read and written plus x, z, y and x_proj's output
         (``Mamba.step_bytes``), and the model's weights read once. mamba-1.4b, fp16, fp32
-        state: 28.3 MB per sequence (its 14.2 MB = 13.5 MiB of state, twice) + 1.2 MB of
-        activations, and 2.68 GB of weights."""
+        state: 26.7 MB per sequence (its 12.6 MB of SSM state twice, and of its 1.6 MB ring of
+        conv inputs three quarters read and one quarter written) + 1.2 MB of activations, and
+        2.68 GB of weights."""
         state_dtype = torch.float32 if state_dtype is None else state_dtype
         layers = sum(blk.mixer.step_bytes(batch, state_dtype, weights=False) for blk in self.layers)
         return layers + self.decode_weight_bytes()

@@ -8,13 +8,14 @@ Parameter names and shapes are mamba-ssm's (``in_proj``, ``conv1d``, ``x_proj``,
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import skip_init
 
-from ..ops.mamba import mamba_scan_ref, mamba_step, mamba_step_ref
+from ..ops.mamba import mamba_scan_ref, mamba_step, mamba_step_ref, ring_store, ring_window
 from ..ops.ttt_state import ACT_DTYPES, FLOAT_DTYPES, _check_tensor, check_disjoint, check_module_input
 from ..utils.generation import PrefillPlan, lengths_on_host
 
@@ -23,6 +24,20 @@ from ..utils.generation import PrefillPlan, lengths_on_host
 def _fused_step(*args):
     # the Triton launches (and their argument checks) stay outside torch.compile's graphs
     return mamba_step(*args)
+
+
+@dataclass
+class MambaLayerCache:
+    # [B, d_conv, d_inner], activation dtype: the last d_conv conv inputs, a ring (the input of
+    # position p in slot p mod d_conv; ops.mamba.ring_window gives mamba-ssm's [B, d_inner, d_conv])
+    conv_state: torch.Tensor
+    ssm_state: torch.Tensor  # [B, d_inner, d_state], fp32 by default
+    # [B] int64: each sequence's absolute position, shared with (and advanced by) the model's cache
+    positions: torch.Tensor
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The tensors this layer owns (not the shared positions)."""
+        return [self.conv_state, self.ssm_state]
 
 
 class Mamba(nn.Module):
@@ -81,71 +96,77 @@ class Mamba(nn.Module):
                 self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D)
 
     def step_bytes(self, batch: int, state_dtype=torch.float32, weights: bool = True) -> int:
-        """Bytes a decode step between in_proj and out_proj must move: per sequence both states
-        read and written (the conv state in the activation dtype), x and z read, y written and
-        x_proj's output (dt_low, B, C) read; with ``weights``, also :meth:`step_weights` read once."""
+        """Bytes a decode step between in_proj and out_proj must move: per sequence the SSM state
+        read and written, the conv ring's ``d_conv - 1`` earlier inputs read and one slot written
+        (activation dtype), x and z read, y written and x_proj's output (dt_low, B, C) read; with
+        ``weights``, also :meth:`step_weights` read once."""
         a, s, d = self.in_proj.weight.element_size(), state_dtype.itemsize, self.d_inner
-        per_seq = 2 * d * (self.d_state * s + self.d_conv * a) + 3 * d * a + (self.dt_rank + 2 * self.d_state) * a
+        per_seq = 2 * d * self.d_state * s + d * self.d_conv * a + 3 * d * a + (self.dt_rank + 2 * self.d_state) * a
         w = sum(t.numel() * t.element_size() for t in self.step_weights()) if weights else 0
         return batch * per_seq + w
 
-    def allocate_inference_cache(self, batch: int, dtype=None, state_dtype=torch.float32):
-        """``(conv_state [B, d_inner, d_conv], ssm_state [B, d_inner, d_state])``, zeros; the conv
-        state holds conv inputs, so it is in the activation dtype (the weights' by default)."""
+    def allocate_inference_cache(self, batch: int, dtype=None, state_dtype=torch.float32,
+                                 positions: torch.Tensor | None = None) -> MambaLayerCache:
+        """Zero states for ``batch`` sequences; the conv state holds conv inputs, so it is in the
+        activation dtype (the weights' by default). ``positions [B]``: the model's shared position
+        tensor (default: a new one at 0, which the caller advances)."""
         dev = self.in_proj.weight.device
         dtype = self.in_proj.weight.dtype if dtype is None else dtype
-        return (torch.zeros(batch, self.d_inner, self.d_conv, dtype=dtype, device=dev),
-                torch.zeros(batch, self.d_inner, self.d_state, dtype=state_dtype, device=dev))
+        if positions is None:
+            positions = torch.zeros(batch, dtype=torch.int64, device=dev)
+        return MambaLayerCache(torch.zeros(batch, self.d_conv, self.d_inner, dtype=dtype, device=dev),
+                               torch.zeros(batch, self.d_inner, self.d_state, dtype=state_dtype, device=dev),
+                               positions)
 
-    def check_cache(self, cache, batch: int) -> None:
-        """That ``cache`` is ``(conv_state, ssm_state)`` as :meth:`allocate_inference_cache` makes it
-        for ``batch`` sequences (shapes, dtypes, device, contiguous, apart): checked before a step
-        or prefill writes anything."""
-        if not isinstance(cache, (tuple, list)) or len(cache) != 2:
-            raise ValueError(f"cache must be a (conv_state, ssm_state) pair, got {type(cache).__name__}"
-                             + (f" of {len(cache)}" if isinstance(cache, (tuple, list)) else ""))
+    def check_cache(self, cache: MambaLayerCache, batch: int) -> None:
+        """That ``cache`` is one :meth:`allocate_inference_cache` makes for ``batch`` sequences
+        (shapes, dtypes, device, contiguous, apart): checked before a step or prefill writes anything."""
+        if not isinstance(cache, MambaLayerCache):
+            raise TypeError(f"cache must be a MambaLayerCache, got {type(cache).__name__}")
         w = self.in_proj.weight
         # the reference step runs float64 states, with float64 activations only (its conv output
         # stays in the activation dtype and meets x_proj in the state's)
         dtypes = FLOAT_DTYPES if not self.use_triton and w.dtype == torch.float64 else ACT_DTYPES
-        _check_tensor("conv_state", cache[0], (batch, self.d_inner, self.d_conv), dtypes, w.device)
-        _check_tensor("ssm_state", cache[1], (batch, self.d_inner, self.d_state), dtypes, w.device)
-        check_disjoint([("conv_state", cache[0]), ("ssm_state", cache[1])])
+        _check_tensor("conv_state", cache.conv_state, (batch, self.d_conv, self.d_inner), dtypes, w.device)
+        _check_tensor("ssm_state", cache.ssm_state, (batch, self.d_inner, self.d_state), dtypes, w.device)
+        _check_tensor("positions", cache.positions, (batch,), (torch.int32, torch.int64), w.device)
+        check_disjoint([("conv_state", cache.conv_state), ("ssm_state", cache.ssm_state)])
 
     def _check_call(self, hidden: torch.Tensor, cache, dims: int) -> None:
         check_module_input("hidden", hidden, dims, self.d_model, self.in_proj.weight)
         self.check_cache(cache, hidden.shape[0])
 
     @torch.no_grad()
-    def step(self, hidden: torch.Tensor, cache) -> torch.Tensor:
-        """One token per sequence: ``hidden [B, d_model] -> [B, d_model]``; updates ``cache`` in place.
-        No host syncs, so it can be captured in a CUDA graph."""
+    def step(self, hidden: torch.Tensor, cache: MambaLayerCache) -> torch.Tensor:
+        """One token per sequence at ``cache.positions``: ``hidden [B, d_model] -> [B, d_model]``;
+        updates the states in place, leaves the positions to their owner. No host syncs, so it
+        can be captured in a CUDA graph."""
         self._check_call(hidden, cache, 2)
         return self.step_checked(hidden, cache)
 
-    def step_checked(self, hidden: torch.Tensor, cache) -> torch.Tensor:
+    def step_checked(self, hidden: torch.Tensor, cache: MambaLayerCache) -> torch.Tensor:
         """:meth:`step` for a caller that has checked ``hidden`` and ``cache`` (the model, every layer first)."""
-        conv_state, ssm_state = cache
         xz = F.linear(hidden, self.in_proj.weight)
         x, z = xz[:, :self.d_inner], xz[:, self.d_inner:]  # row-strided views: the kernels take them as they are
         step = _fused_step if self.use_triton else mamba_step_ref
-        y = step(x, z, conv_state, ssm_state, *self.step_weights())
+        y = step(x, z, cache.conv_state, cache.ssm_state, cache.positions, *self.step_weights())
         return F.linear(y, self.out_proj.weight)
 
     @torch.no_grad()
-    def prefill(self, hidden: torch.Tensor, cache, lengths=None, *, plan: PrefillPlan | None = None) -> torch.Tensor:
+    def prefill(self, hidden: torch.Tensor, cache: MambaLayerCache, lengths=None, *,
+                plan: PrefillPlan | None = None) -> torch.Tensor:
         """``hidden [B, T, d_model] -> [B, T, d_model]`` with the reference scan, continuing from
-        ``cache`` and leaving in it the states decode continues from. With ``lengths [B]``
+        ``cache`` at ``cache.positions`` and leaving in it the states decode continues from (the
+        positions to their owner, like :meth:`step`). With ``lengths [B]``
         (right padding), sequence ``b``'s states stop after ``lengths[b]`` tokens and its padded
         outputs are zero. ``plan``: the model's checked :func:`prefill_plan`, instead of ``lengths``
         (no host sync here)."""
         self._check_call(hidden, cache, 3)
         return self.prefill_checked(hidden, cache, lengths, plan=plan)
 
-    def prefill_checked(self, hidden: torch.Tensor, cache, lengths=None, *,
+    def prefill_checked(self, hidden: torch.Tensor, cache: MambaLayerCache, lengths=None, *,
                         plan: PrefillPlan | None = None) -> torch.Tensor:
         """:meth:`prefill` for a caller that has checked ``hidden`` and ``cache``."""
-        conv_state, ssm_state = cache
         T = hidden.shape[1]
         if plan is not None:
             plan.check_for(hidden, lengths)
@@ -155,8 +176,12 @@ class Mamba(nn.Module):
             lengths = torch.tensor(lengths_on_host(lengths, hidden.shape[0], T, min_len=0), device=hidden.device)
         xz = F.linear(hidden, self.in_proj.weight)
         x, z = xz[..., :self.d_inner], xz[..., self.d_inner:]
-        y, new_conv, new_ssm = mamba_scan_ref(x, z, *self.step_weights(), conv_state=conv_state,
-                                              ssm_state=ssm_state, lengths=lengths)
-        conv_state.copy_(new_conv)
-        ssm_state.copy_(new_ssm)
+        # the scan runs on mamba-ssm's conv window: the inputs before the prompts in, the last
+        # d_conv inputs of each prompt out
+        pos = cache.positions
+        window = ring_window(cache.conv_state, pos - 1)
+        y, window, new_ssm = mamba_scan_ref(x, z, *self.step_weights(), conv_state=window, ssm_state=cache.ssm_state,
+                                            lengths=lengths)
+        ring_store(cache.conv_state, window, pos + (T if lengths is None else lengths) - 1)
+        cache.ssm_state.copy_(new_ssm)
         return F.linear(y, self.out_proj.weight)

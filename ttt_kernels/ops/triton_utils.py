@@ -253,43 +253,10 @@ def pos_mod(p, K: tl.constexpr):
 def ring_tap(cs_ptr, p, i: tl.constexpr, d, dm, dim, K: tl.constexpr):
     """Tap ``i`` (0 the oldest) of a conv window ending at position ``p``, for channels ``d``
     (mask ``dm``) of one sequence's ring state ``cs_ptr [K, dim]``: the input of position
-    ``p - K + 1 + i``, in fp32. The TTT block's convs keep their state as a ring, so a step
-    writes one slot (``dim`` values) instead of shifting all K."""
+    ``p - K + 1 + i``, in fp32 (``cs_ptr``, ``p`` ``[rows, 1]`` and ``d`` ``[1, channels]`` give
+    a tile of several sequences). The TTT block's convs and the Mamba conv keep their state as
+    a ring, so a step writes one slot (``dim`` values) instead of shifting all K."""
     return tl.load(cs_ptr + pos_mod(p - (K - 1) + i, K) * dim + d, mask=dm, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def conv_state_shift(x, cs_ptr, d, dm, K: tl.constexpr, KP: tl.constexpr):
-    """Shifts the new inputs ``x`` of channels ``d`` (mask ``dm``) into one sequence's depthwise
-    conv state ``cs_ptr [dim, K]`` (the newest last) in place; returns the new window ``[d, KP]``
-    as stored (rounded to the state's dtype), taps past K zero."""
-    k = tl.arange(0, KP)  # conv taps, padded to a power of two
-    cs = cs_ptr + d[:, None] * K + k[None, :]
-    # the new window is the old one moved one slot towards the front, x in the last slot; loading
-    # from cs + 1 shifts it (slot 0, the oldest input, drops out)
-    old = tl.load(cs + 1, mask=dm[:, None] & (k[None, :] < K - 1), other=0.0)
-    win = tl.where(k[None, :] == K - 1, x.to(cs_ptr.dtype.element_ty)[:, None], old)
-    tl.store(cs, win, mask=dm[:, None] & (k[None, :] < K))
-    return win
-
-
-@triton.jit
-def conv_window(win, w_ptr, bias_ptr, d, dm, K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """``conv + bias`` (fp32) of a window from :func:`conv_state_shift` (the stored, rounded
-    inputs, as prefill reads them) with weights ``w_ptr [dim, K]``."""
-    k = tl.arange(0, KP)
-    w = tl.load(w_ptr + d[:, None] * K + k[None, :], mask=dm[:, None] & (k[None, :] < K), other=0.0)
-    acc = tl.sum(win.to(tl.float32) * w.to(tl.float32), axis=1)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + d, mask=dm, other=0.0).to(tl.float32)
-    return acc
-
-
-@triton.jit
-def conv_state_step(x, cs_ptr, w_ptr, bias_ptr, d, dm, K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """One step of a depthwise causal conv for channels ``d`` (mask ``dm``) of one sequence:
-    shifts ``x`` into its state in place and returns ``conv + bias`` (fp32)."""
-    return conv_window(conv_state_shift(x, cs_ptr, d, dm, K, KP), w_ptr, bias_ptr, d, dm, K, KP, HAS_BIAS)
 
 
 # ---- prefill: one program per (sequence, head) walks its prompt window by window, a window

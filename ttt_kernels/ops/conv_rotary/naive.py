@@ -13,26 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..mamba.naive import causal_conv1d_update_ref
+from ..mamba.naive import causal_conv1d_update_ref, ring_store, ring_window
 from ..norm.naive import add_rms_norm_ref
-
-
-def _ring_slots(state: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-    B, k, D = state.shape
-    slots = (last.view(B, 1) - (k - 1) + torch.arange(k, device=state.device)) % k  # non-negative
-    return slots.view(B, k, 1).expand(B, k, D)
-
-
-def ring_window(state: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-    """The ring ``state [B, k, D]`` as the window ``[B, D, k]`` of the inputs at positions
-    ``last[b] - k + 1 .. last[b]``, oldest first (a copy)."""
-    return state.gather(1, _ring_slots(state, last)).transpose(1, 2)
-
-
-def ring_store(state: torch.Tensor, window: torch.Tensor, last: torch.Tensor) -> None:
-    """Writes ``window [B, D, k]`` (the inputs at positions ``last[b] - k + 1 .. last[b]``) into
-    the ring ``state [B, k, D]`` in place."""
-    state.scatter_(1, _ring_slots(state, last), window.transpose(1, 2).to(state.dtype))
 
 
 def apply_rotary_ref(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ What is fused, and why not into one kernel
 ------------------------------------------
 Mamba v1's step between in_proj and out_proj is
 
-    xc = silu(conv(shift(conv_state, x)))                   # per channel
+    xc = silu(conv(conv_state, x))                          # per channel
     dt_low, B, C = x_proj(xc)                               # reduces over ALL channels of xc
     dt = softplus(dt_proj(dt_low) + dt_bias)                # per channel again
     h = h * exp(dt A) + dt x B;  y = (C.h + D xc) * silu(z)  # per (channel, state)
@@ -16,8 +16,9 @@ without cooperative launch) or every channel block recomputing the whole row's
 x_proj (``d_inner / BLOCK_D`` = 128x redundant reads of x_proj's weight). So the
 step is three launches, each doing all the work its data allows:
 
-1. ``_conv_step_kernel``: conv-state shift + depthwise conv + bias + SiLU, in
-   place on ``conv_state``; writes ``xc`` (activation dtype) for launches 2 and 3.
+1. ``_conv_step_kernel``: depthwise conv + bias + SiLU over the ring ``conv_state``
+   (``x`` into slot ``position mod d_conv``); writes ``xc`` (activation dtype) for
+   launches 2 and 3.
 2. x_proj as a cuBLAS GEMM (``[B, d_inner] x [d_inner, dt_rank + 2 d_state]``).
 3. ``_ssm_step_kernel``: dt_proj on the tensor cores (``tl.dot`` of a 16-row
    tile of ``dt_low`` with a ``dt_rank x BLOCK_D`` slice of its weight), bias,
@@ -27,13 +28,16 @@ step is three launches, each doing all the work its data allows:
 
 Bytes per layer-step at d_inner 4096, d_state 16, fp32 state, fp16 activations,
 B = 512 (dt_rank 128): ssm state 134.2 MB read + 134.2 MB written; conv state
-16.8 + 16.8 MB; x, z, xc (written, then read by the GEMM and kernel 3) and y
-4.2 MB each; dt_low/B/C and the weights ~2.5 MB. About 330 MB, of which 315 MB
-must move in any design (states, x, z, y): ~104 us at the 3.0 TB/s an H100
-copy reaches. The split costs the xc round trip (~12.6 MB). The conv state
-keeps mamba-ssm's ``[B, d_inner, d_conv]`` shift layout; a ring buffer laid out
-``[B, d_conv, d_inner]`` (indexed by position) writes 12.6 MB less per step but measured
-only 3.2 us faster (16.4 vs 19.6 us at B=512), not worth a layout mamba-ssm cannot read.
+12.6 MB read (three earlier inputs) + 4.2 MB written (one slot); x, z, xc (written,
+then read by the GEMM and kernel 3) and y 4.2 MB each; dt_low/B/C and the weights
+~2.5 MB. About 310 MB, of which 298 MB must move in any design (states, x, z, y):
+~99 us at the 3.0 TB/s an H100 copy reaches. The split costs the xc round trip
+(~12.6 MB). The conv state is a ring ``[B, d_conv, d_inner]`` indexed by position, as the
+TTT block's convs keep theirs, instead of mamba-ssm's ``[B, d_inner, d_conv]`` shift
+layout, which reads and rewrites all ``d_conv`` inputs (33.6 MB): on the H100 at B=512 the
+conv kernel went from 20.2 to 14.6 us, the step (micro_benchmark, CUDA graph) from 124.1
+to 118.4 us and a mamba-1.4b decode step from 8.20 to 7.96 ms. ``ring_window`` turns the
+ring into mamba-ssm's window.
 Everything here is shape-static and free of host syncs, so the step can be
 captured in a CUDA graph. Both kernels launch with programmatic dependent launch
 (``pdl_options``: scheduled while the GEMM before them drains, waiting for its writes
@@ -49,7 +53,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..triton_utils import conv_state_step, on_input_device, pdl_options, wait_for_prior_kernel
+from ..triton_utils import on_input_device, pdl_options, pos_mod, ring_tap, wait_for_prior_kernel
 from ..ttt_state import ACT_DTYPES, STATE_DTYPES, _check_tensor, check_out
 from .naive import split_x_db
 
@@ -60,22 +64,35 @@ from .naive import split_x_db
 # (CUDA-graph replays; .cs / evict_first cache hints on the state cost 3-5 us). A register cap of 0
 # leaves the compiler's choice. mamba_step_benchmark.py --sweep re-tunes it.
 SSM_CONFIG = (16, 16, 2, 128)
-CONV_BLOCK_D = 512
+# (rows, channels, warps) of a conv program: 8 rows share the weights' loads; at B=512 on the H100
+# 14.6 us against 16.5 for one row (mamba_step_benchmark.py --sweep re-tunes it)
+CONV_CONFIG = (8, 512, 4)
 
 
 @triton.jit
-def _conv_step_kernel(x_ptr, stride_x, cs_ptr, w_ptr, bias_ptr, out_ptr, stride_o, dim,
-                      K: tl.constexpr, KP: tl.constexpr, BLOCK_D: tl.constexpr,
-                      HAS_BIAS: tl.constexpr, SILU: tl.constexpr, PDL: tl.constexpr):
+def _conv_step_kernel(x_ptr, stride_x, cs_ptr, pos_ptr, w_ptr, bias_ptr, out_ptr, stride_o, batch, dim,
+                      K: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      SILU: tl.constexpr, PDL: tl.constexpr):
     wait_for_prior_kernel(PDL)
-    b = tl.program_id(1).to(tl.int64)
+    rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
-    dm = d < dim
-    x = tl.load(x_ptr + b * stride_x + d, mask=dm, other=0.0)
-    acc = conv_state_step(x, cs_ptr + b * dim * K, w_ptr, bias_ptr, d, dm, K, KP, HAS_BIAS)
+    bm, dm = rb < batch, d < dim
+    m2 = bm[:, None] & dm[None, :]
+    rb = rb.to(tl.int64)
+    p = tl.load(pos_ptr + rb, mask=bm, other=0)[:, None]
+    cs = cs_ptr + rb[:, None] * K * dim
+    # the input as the state stores it (the conv reads it so, as prefill will)
+    x = tl.load(x_ptr + rb[:, None] * stride_x + d[None, :], mask=m2, other=0.0).to(cs_ptr.dtype.element_ty)
+    acc = tl.load(w_ptr + d * K + (K - 1), mask=dm, other=0.0).to(tl.float32)[None, :] * x.to(tl.float32)
+    for i in tl.static_range(K - 1):
+        w = tl.load(w_ptr + d * K + i, mask=dm, other=0.0).to(tl.float32)
+        acc += w[None, :] * ring_tap(cs, p, i, d[None, :], m2, dim, K)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + d, mask=dm, other=0.0).to(tl.float32)[None, :]
+    tl.store(cs + pos_mod(p, K) * dim + d[None, :], x, mask=m2)
     if SILU:
         acc = acc * tl.sigmoid(acc)
-    tl.store(out_ptr + b * stride_o + d, acc.to(out_ptr.dtype.element_ty), mask=dm)
+    tl.store(out_ptr + rb[:, None] * stride_o + d[None, :], acc.to(out_ptr.dtype.element_ty), mask=m2)
 
 
 @triton.jit
@@ -167,15 +184,16 @@ def _check_x(x) -> tuple[int, int]:
     return x.shape
 
 
-def _check_conv(x, conv_state, conv_weight, conv_bias) -> int:
+def _check_conv(x, conv_state, positions, conv_weight, conv_bias) -> int:
     Bsz, d = x.shape
     if not isinstance(conv_state, torch.Tensor) or conv_state.dim() != 3:
-        raise ValueError("conv_state must be a [batch, d_inner, d_conv] tensor, "
+        raise ValueError("conv_state must be a [batch, d_conv, d_inner] ring, "
                          f"got {getattr(conv_state, 'shape', type(conv_state).__name__)}")
-    K = conv_state.shape[2]
+    K = conv_state.shape[1]
     if not 2 <= K <= 8:
         raise ValueError(f"conv_state: d_conv must be in 2..8, got {K}")
-    _check_tensor("conv_state", conv_state, (Bsz, d, K), ACT_DTYPES, x.device)
+    _check_tensor("conv_state", conv_state, (Bsz, K, d), ACT_DTYPES, x.device)
+    _check_tensor("positions", positions, (Bsz,), (torch.int32, torch.int64), x.device)
     _check_tensor("conv_weight", conv_weight, (d, K), ACT_DTYPES, x.device)
     if conv_bias is not None:
         _check_tensor("conv_bias", conv_bias, (d,), ACT_DTYPES, x.device)
@@ -213,14 +231,14 @@ def _check_config(config, dt_proj: bool) -> tuple[int, int, int, int]:
 
 
 @on_input_device
-def _launch_conv(x, conv_state, conv_weight, conv_bias, out, silu: bool) -> None:
+def _launch_conv(x, conv_state, positions, conv_weight, conv_bias, out, silu: bool) -> None:
     Bsz, d = x.shape
-    K = conv_state.shape[2]
-    BD = min(CONV_BLOCK_D, triton.next_power_of_2(d))
-    _conv_step_kernel[(triton.cdiv(d, BD), Bsz)](
-        x, x.stride(0), conv_state, conv_weight, conv_weight if conv_bias is None else conv_bias,
-        out, out.stride(0), d,
-        K=K, KP=triton.next_power_of_2(K), BLOCK_D=BD, HAS_BIAS=conv_bias is not None, SILU=silu, num_warps=4,
+    BB, BD, warps = CONV_CONFIG
+    BD = min(BD, triton.next_power_of_2(d))
+    _conv_step_kernel[(triton.cdiv(d, BD), triton.cdiv(Bsz, BB))](
+        x, x.stride(0), conv_state, positions, conv_weight, conv_weight if conv_bias is None else conv_bias,
+        out, out.stride(0), Bsz, d,
+        K=conv_state.shape[1], BLOCK_B=BB, BLOCK_D=BD, HAS_BIAS=conv_bias is not None, SILU=silu, num_warps=warps,
         **pdl_options(x.device),
     )
 
@@ -251,13 +269,15 @@ def _launch_ssm(ssm_state, x, dt, A, B, C, D, z, dt_bias, dt_proj_weight, out, d
 # public ops
 
 
-def causal_conv1d_update(x, conv_state, conv_weight, conv_bias=None, *, silu=True, out=None) -> torch.Tensor:
-    """One decode step of the depthwise causal conv: shifts ``x [B, d]`` into ``conv_state
-    [B, d, d_conv]`` in place and returns ``silu(conv + bias)`` in ``x.dtype``."""
+def causal_conv1d_update(x, conv_state, positions, conv_weight, conv_bias=None, *, silu=True,
+                         out=None) -> torch.Tensor:
+    """One decode step of the depthwise causal conv for the tokens at ``positions [B]``: writes
+    ``x [B, d]`` into slot ``positions mod d_conv`` of the ring ``conv_state [B, d_conv, d]`` in
+    place and returns ``silu(conv + bias)`` in ``x.dtype``."""
     _check_x(x)
-    _check_conv(x, conv_state, conv_weight, conv_bias)
+    _check_conv(x, conv_state, positions, conv_weight, conv_bias)
     out = check_out(out, x)
-    _launch_conv(x, conv_state, conv_weight, conv_bias, out, silu)
+    _launch_conv(x, conv_state, positions, conv_weight, conv_bias, out, silu)
     return out
 
 
@@ -295,8 +315,8 @@ def selective_state_update(ssm_state, x, dt, A, B, C, D=None, z=None, dt_bias=No
     return out
 
 
-def mamba_step(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias,
-               A_log, D, *, out=None, ssm_config=None) -> torch.Tensor:
+def mamba_step(x, z, conv_state, ssm_state, positions, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+               dt_proj_bias, A_log, D, *, out=None, ssm_config=None) -> torch.Tensor:
     """The Mamba (v1) decode step between in_proj and out_proj (see the module docstring):
     conv kernel, x_proj GEMM, fused dt_proj + selective-state kernel. Same arguments as
     :func:`~ttt_kernels.ops.mamba.naive.mamba_step_ref`; both states are updated in place
@@ -305,7 +325,7 @@ def mamba_step(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weigh
     Bsz, d = _check_x(x)
     dev = x.device
     _check_rows("z", z, (Bsz, d), (x.dtype,), dev)
-    _check_conv(x, conv_state, conv_weight, conv_bias)
+    _check_conv(x, conv_state, positions, conv_weight, conv_bias)
     N = _check_ssm_state(ssm_state, Bsz, d, dev)
     if not isinstance(dt_proj_weight, torch.Tensor) or dt_proj_weight.dim() != 2:
         raise ValueError("dt_proj_weight must be a [d_inner, dt_rank] tensor, "
@@ -321,7 +341,7 @@ def mamba_step(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weigh
     out = check_out(out, x)
 
     xc = torch.empty(Bsz, d, dtype=x.dtype, device=dev)
-    _launch_conv(x, conv_state, conv_weight, conv_bias, xc, silu=True)
+    _launch_conv(x, conv_state, positions, conv_weight, conv_bias, xc, silu=True)
     dt_low, Bm, Cm = split_x_db(F.linear(xc, x_proj_weight), R, N)
     _launch_ssm(ssm_state, xc, dt_low, A_log, Bm, Cm, D, z, dt_proj_bias, dt_proj_weight, out,
                 dt_softplus=True, a_is_log=True, config=config)

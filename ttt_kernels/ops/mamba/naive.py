@@ -1,9 +1,14 @@
 """Plain PyTorch references for Mamba (v1) decode and prefill (any device, float64-capable).
 
-Conventions (those of mamba-ssm, so states can be exchanged with it):
+Conventions (mamba-ssm's, but for the decode cache's conv state):
 
-* ``conv_state [B, d_inner, d_conv]`` holds the last ``d_conv`` conv inputs, oldest
-  first; after a step, ``conv_state[..., -1]`` is the step's own input.
+* A conv *window* ``[B, d_inner, d_conv]`` holds the last ``d_conv`` conv inputs, oldest
+  first, as mamba-ssm's conv state does; after :func:`causal_conv1d_update_ref`,
+  ``window[..., -1]`` is the step's own input. :func:`mamba_scan_ref` takes and returns
+  windows, so its states can be exchanged with mamba-ssm.
+* The decode cache keeps the conv state as a *ring* ``[B, d_conv, d_inner]``: the input of
+  position ``p`` in slot ``p mod d_conv`` (a step writes one slot instead of shifting all
+  ``d_conv``). :func:`ring_window` and :func:`ring_store` convert between the two.
 * ``ssm_state [B, d_inner, d_state]``; ``A = -exp(A_log)`` is ``[d_inner, d_state]``.
 * x_proj's output is ``[dt_low (dt_rank) | B (d_state) | C (d_state)]``;
   ``dt = softplus(dt_low @ dt_proj_weight^T + dt_bias)``.
@@ -33,6 +38,24 @@ def causal_conv1d_update_ref(x, conv_state, weight, bias=None, silu=True):
     if bias is not None:
         out = out + bias.to(cdt)
     return F.silu(out) if silu else out
+
+
+def _ring_slots(state: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    B, k, D = state.shape
+    slots = (last.view(B, 1) - (k - 1) + torch.arange(k, device=state.device)) % k  # non-negative
+    return slots.view(B, k, 1).expand(B, k, D)
+
+
+def ring_window(state: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """The ring ``state [B, k, D]`` as the window ``[B, D, k]`` of the inputs at positions
+    ``last[b] - k + 1 .. last[b]``, oldest first (a copy)."""
+    return state.gather(1, _ring_slots(state, last)).transpose(1, 2)
+
+
+def ring_store(state: torch.Tensor, window: torch.Tensor, last: torch.Tensor) -> None:
+    """Writes ``window [B, D, k]`` (the inputs at positions ``last[b] - k + 1 .. last[b]``) into
+    the ring ``state [B, k, D]`` in place."""
+    state.scatter_(1, _ring_slots(state, last), window.transpose(1, 2).to(state.dtype))
 
 
 def _dt(dt, dt_bias, dt_proj_weight, dt_softplus, cdt):
@@ -70,16 +93,20 @@ def split_x_db(x_db, dt_rank: int, d_state: int):
     return x_db.split([dt_rank, d_state, d_state], dim=-1)
 
 
-def mamba_step_ref(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+def mamba_step_ref(x, z, conv_state, ssm_state, positions, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
                    dt_proj_bias, A_log, D):
-    """The Mamba (v1) mixer's decode step between in_proj and out_proj.
+    """The Mamba (v1) mixer's decode step between in_proj and out_proj, the tokens at
+    ``positions [B]``.
 
-    ``x, z [B, d_inner]`` (in_proj's two halves), ``conv_weight [d_inner, d_conv]``,
-    ``x_proj_weight [dt_rank + 2 d_state, d_inner]``, ``dt_proj_weight [d_inner, dt_rank]``,
-    ``A_log [d_inner, d_state]``. Both states are updated in place; returns ``y`` in ``x.dtype``.
+    ``x, z [B, d_inner]`` (in_proj's two halves), the ring ``conv_state [B, d_conv, d_inner]``,
+    ``conv_weight [d_inner, d_conv]``, ``x_proj_weight [dt_rank + 2 d_state, d_inner]``,
+    ``dt_proj_weight [d_inner, dt_rank]``, ``A_log [d_inner, d_state]``. Both states are updated
+    in place; returns ``y`` in ``x.dtype``.
     """
     cdt = _cdt(x, conv_state, ssm_state)
-    xc = causal_conv1d_update_ref(x, conv_state, conv_weight, conv_bias, silu=True)
+    window = ring_window(conv_state, positions - 1)
+    xc = causal_conv1d_update_ref(x, window, conv_weight, conv_bias, silu=True)
+    ring_store(conv_state, window, positions)
     dt_low, Bm, Cm = split_x_db(xc @ x_proj_weight.to(cdt).T, dt_proj_weight.shape[1], A_log.shape[1])
     y = selective_state_update_ref(ssm_state, xc, dt_low, -torch.exp(A_log.to(cdt)), Bm, Cm, D, z,
                                    dt_proj_bias, dt_softplus=True, dt_proj_weight=dt_proj_weight)
@@ -90,12 +117,12 @@ def mamba_scan_ref(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, 
                    conv_state=None, ssm_state=None, lengths=None):
     """Whole-sequence Mamba (v1) mixer between in_proj and out_proj (prefill).
 
-    ``x, z [B, T, d_inner]``. Starts from ``conv_state, ssm_state`` (zeros when None) and
-    returns ``(y [B, T, d_inner], conv_state, ssm_state)`` with the final states as new
-    tensors in the given states' dtypes (fp32/float64 when None), so that decode
-    continues exactly. ``lengths [B]`` (optional, each in ``0..T``): sequence ``b`` has
-    ``lengths[b]`` real tokens followed by padding; its states stop at its last real
-    token and its padded outputs are zero.
+    ``x, z [B, T, d_inner]``. Starts from the conv window ``conv_state [B, d_inner, d_conv]``
+    and ``ssm_state`` (zeros when None) and returns ``(y [B, T, d_inner], conv_state,
+    ssm_state)`` with the final window and state as new tensors in the given states' dtypes
+    (fp32/float64 when None), so that decode continues exactly. ``lengths [B]`` (optional,
+    each in ``0..T``): sequence ``b`` has ``lengths[b]`` real tokens followed by padding; its
+    states stop at its last real token and its padded outputs are zero.
     """
     Bsz, T, d = x.shape
     d_conv = conv_weight.shape[-1]
