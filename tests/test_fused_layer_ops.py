@@ -7,9 +7,8 @@ import torch.nn.functional as F
 
 from ttt_kernels.ops.conv_rotary import (apply_rotary_ref, causal_conv1d_prefill, causal_conv1d_prefill_ref,
                                          pre_conv_step, pre_conv_step_ref, qk_conv_rotary_prefill,
-                                         qk_conv_rotary_prefill_ref, ring_store, ring_window, ttt_step_inputs,
-                                         ttt_step_inputs_ref)
-from ttt_kernels.ops.mamba import causal_conv1d_update_ref
+                                         qk_conv_rotary_prefill_ref, ring_window, ttt_step_inputs, ttt_step_inputs_ref)
+from ttt_kernels.ops.mamba import causal_conv1d_ring_update_ref
 from ttt_kernels.ops.norm import (add_rms_norm, add_rms_norm_ref, gated_layer_norm, gated_layer_norm_ref, silu_mul,
                                   silu_mul_ref)
 from ttt_kernels.ops.triton_utils import interpreting
@@ -221,9 +220,7 @@ def test_ring_conv_state_ref_is_a_causal_conv():
     pos = torch.tensor([0, 2, 7])
     ys = []
     for t in range(T):
-        window = ring_window(state, pos - 1)
-        ys.append(causal_conv1d_update_ref(x[:, t], window, w, b, silu=False))
-        ring_store(state, window, pos)
+        ys.append(causal_conv1d_ring_update_ref(x[:, t], state, pos, w, b, silu=False))
         pos += 1
     ref = F.conv1d(F.pad(x.transpose(1, 2), (KC - 1, 0)), w.unsqueeze(1), b, groups=D).transpose(1, 2)
     torch.testing.assert_close(torch.stack(ys, 1), ref)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..mamba.naive import causal_conv1d_update_ref, ring_store, ring_window
+from ..mamba.naive import causal_conv1d_ring_update_ref, causal_conv1d_update_ref, ring_store, ring_window
 from ..norm.naive import add_rms_norm_ref
 
 
@@ -36,9 +36,7 @@ def pre_conv_step_ref(hidden, residual, conv_state, positions, norm_weight, conv
     conv``, RMSNorm. Returns ``(normed in hidden's dtype, residual)``; each stage's output is
     rounded to ``hidden``'s dtype, the residual stays fp32 (float64 for float64 input)."""
     a, residual = add_rms_norm_ref(hidden, residual, norm_weight, eps)
-    window = ring_window(conv_state, positions - 1)
-    c = causal_conv1d_update_ref(a, window, conv_weight, conv_bias, silu=False).to(a.dtype)
-    ring_store(conv_state, window, positions)
+    c = causal_conv1d_ring_update_ref(a, conv_state, positions, conv_weight, conv_bias, silu=False).to(a.dtype)
     return add_rms_norm_ref(c, residual, out_norm_weight, eps)
 
 

@@ -58,6 +58,16 @@ def ring_store(state: torch.Tensor, window: torch.Tensor, last: torch.Tensor) ->
     state.scatter_(1, _ring_slots(state, last), window.transpose(1, 2).to(state.dtype))
 
 
+def causal_conv1d_ring_update_ref(x, conv_state, positions, weight, bias=None, silu=True):
+    """:func:`causal_conv1d_update_ref` on a ring ``conv_state [B, d_conv, d]``, the tokens at
+    ``positions [B]``: writes ``x [B, d]`` into slot ``positions mod d_conv`` in place and returns
+    ``silu(conv + bias)`` (``[B, d]``, compute dtype); the reference of the ring conv kernels."""
+    window = ring_window(conv_state, positions - 1)
+    out = causal_conv1d_update_ref(x, window, weight, bias, silu)
+    ring_store(conv_state, window, positions)
+    return out
+
+
 def _dt(dt, dt_bias, dt_proj_weight, dt_softplus, cdt):
     dt = dt.to(cdt)
     if dt_proj_weight is not None:
@@ -104,9 +114,7 @@ def mamba_step_ref(x, z, conv_state, ssm_state, positions, conv_weight, conv_bia
     in place; returns ``y`` in ``x.dtype``.
     """
     cdt = _cdt(x, conv_state, ssm_state)
-    window = ring_window(conv_state, positions - 1)
-    xc = causal_conv1d_update_ref(x, window, conv_weight, conv_bias, silu=True)
-    ring_store(conv_state, window, positions)
+    xc = causal_conv1d_ring_update_ref(x, conv_state, positions, conv_weight, conv_bias, silu=True)
     dt_low, Bm, Cm = split_x_db(xc @ x_proj_weight.to(cdt).T, dt_proj_weight.shape[1], A_log.shape[1])
     y = selective_state_update_ref(ssm_state, xc, dt_low, -torch.exp(A_log.to(cdt)), Bm, Cm, D, z,
                                    dt_proj_bias, dt_softplus=True, dt_proj_weight=dt_proj_weight)
